@@ -1,0 +1,163 @@
+/*
+ * Internal interface of the gvm agent (libgvm.so). Everything here is hidden; only the hooks
+ * declared from hooks.def (plus ioctl and dlsym) are exported, see ../exports.map.
+ */
+#ifndef GVM_AGENT_H
+#define GVM_AGENT_H
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gvm/control_block.h"
+
+#define GVM_HIDDEN __attribute__((visibility("hidden")))
+#define GVM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define GVM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/*
+ * Entry points older than the public cudaTypedefs.h covers (they are still exported by libcuda and
+ * returned by cuGetProcAddress for old requested versions). C11 allows repeating identical typedefs.
+ */
+typedef CUresult(CUDAAPI *PFN_cuDevicePrimaryCtxRelease_v7000)(CUdevice dev);
+typedef CUresult(CUDAAPI *PFN_cuDevicePrimaryCtxReset_v7000)(CUdevice dev);
+typedef CUresult(CUDAAPI *PFN_cuMemHostRegister_v4000)(void *p, size_t bytesize, unsigned int flags);
+typedef CUresult(CUDAAPI *PFN_cuGraphInstantiate_v10000)(CUgraphExec *exec, CUgraph graph, CUgraphNode *err_node,
+                                                        char *log, size_t log_size);
+typedef CUresult(CUDAAPI *PFN_cuGraphInstantiate_v11000)(CUgraphExec *exec, CUgraph graph, CUgraphNode *err_node,
+                                                        char *log, size_t log_size);
+
+/* ---- hook declarations: each exported under the driver's own symbol name ---- */
+#define GVM_HOOK(sym, api, ver, flavor, pfn) \
+  extern __typeof__(*(pfn)0) gvm_hook_##sym __asm__(#sym) __attribute__((visibility("default")));
+#include "hooks.def"
+#undef GVM_HOOK
+
+/* ---- real driver entry points, resolved once (real.c) ---- */
+struct gvm_real {
+#define GVM_HOOK(sym, api, ver, flavor, pfn) pfn p_##sym;
+#include "hooks.def"
+#undef GVM_HOOK
+#define GVM_DRIVER(sym, pfn) pfn p_##sym;
+#include "driver.def"
+#undef GVM_DRIVER
+};
+GVM_HIDDEN extern struct gvm_real gvm_real;
+
+/* Calls the real entry point, or returns CUDA_ERROR_NOT_FOUND when libcuda lacks it. */
+#define GVM_REAL(sym, ...) \
+  (gvm_resolve_driver(), gvm_real.p_##sym ? gvm_real.p_##sym(__VA_ARGS__) : CUDA_ERROR_NOT_FOUND)
+
+enum gvm_hook_id {
+#define GVM_HOOK(sym, api, ver, flavor, pfn) GVM_HOOK_ID_##sym,
+#include "hooks.def"
+#undef GVM_HOOK
+  GVM_HOOK_COUNT
+};
+
+enum gvm_flavor { GVM_FLAVOR_PLAIN = 0, GVM_FLAVOR_PTSZ = 1 };
+
+struct gvm_hook_info {
+  const char *symbol; /* exported name, e.g. cuMemAlloc_v2 */
+  const char *api;    /* name cuGetProcAddress is asked for, e.g. cuMemAlloc */
+  int version;        /* CUDA version that introduced this symbol */
+  int flavor;
+  void *hook;
+};
+GVM_HIDDEN extern const struct gvm_hook_info gvm_hooks[GVM_HOOK_COUNT];
+
+GVM_HIDDEN void gvm_resolve_driver(void);
+GVM_HIDDEN void *gvm_real_dlsym(void *handle, const char *name);
+GVM_HIDDEN void *gvm_real_hook_target(int id); /* real pointer for hook id, or NULL */
+GVM_HIDDEN int gvm_hook_by_symbol(const char *symbol); /* hook id or -1 */
+
+/* ---- configuration (environment, read once at load) ---- */
+struct gvm_config {
+  bool disabled;
+  int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
+  int event_interval_ms;
+  uint64_t memory_limit; /* 0: the GPU's size */
+  int memory_mode;
+  int priority;
+  char shm_dir[256];
+  char libcuda[256];
+  char rm_trace[256];
+};
+GVM_HIDDEN extern struct gvm_config gvm_config;
+
+/* ---- logging that never allocates; GVM_LOG_ONCE logs a site's first occurrence only ---- */
+enum { GVM_LOG_ERROR = 0, GVM_LOG_WARN = 1, GVM_LOG_INFO = 2, GVM_LOG_DEBUG = 3 };
+GVM_HIDDEN void gvm_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define GVM_LOG_ONCE(level, ...)                                            \
+  do {                                                                      \
+    static atomic_flag gvm_logged_ = ATOMIC_FLAG_INIT;                      \
+    if (!atomic_flag_test_and_set_explicit(&gvm_logged_, memory_order_relaxed)) \
+      gvm_log(level, __VA_ARGS__);                                          \
+  } while (0)
+
+/* ---- agent lifecycle (agent.c) ---- */
+/* 0: not started, 1: running (block mapped, monitor thread up), 2: disabled for this process */
+GVM_HIDDEN extern atomic_int gvm_active;
+GVM_HIDDEN extern struct gvm_control_block *gvm_block;
+GVM_HIDDEN void gvm_agent_start(void); /* after the driver initialised; idempotent */
+GVM_HIDDEN uint64_t gvm_now_ns(void);
+
+/* ---- GPUs and contexts (contexts.c) ---- */
+struct gvm_gpu_state {
+  /* device memory, split by origin so memory_current can be recomputed exactly */
+  _Atomic uint64_t sync_bytes;  /* cuMemAlloc, pitch */
+  _Atomic uint64_t vmm_bytes;   /* cuMemCreate with a device location */
+  _Atomic uint64_t pool_bytes;  /* reserved by stream-ordered pools */
+  _Atomic uint64_t managed_bytes;
+  _Atomic uint64_t host_bytes;
+  _Atomic uint64_t alloc_count, free_count, alloc_failures;
+  _Atomic int primary_refs;
+  _Atomic int explicit_contexts;
+  CUdevice device;
+  bool present;
+};
+GVM_HIDDEN extern struct gvm_gpu_state gvm_gpus[GVM_MAX_GPUS];
+GVM_HIDDEN extern _Atomic int gvm_gpu_count;
+GVM_HIDDEN int gvm_current_gpu(void);                /* ordinal of the calling thread's context, -1 */
+GVM_HIDDEN int gvm_context_gpu(CUcontext ctx);       /* ordinal of ctx, learning it if new; -1 */
+GVM_HIDDEN CUcontext gvm_single_context(void);       /* the only live context, or NULL */
+GVM_HIDDEN void gvm_contexts_reset(void);            /* fork child */
+GVM_HIDDEN void gvm_publish_memory(int gpu);         /* recompute memory_current into the block */
+GVM_HIDDEN void gvm_publish_contexts(int gpu);
+
+/* ---- launches and streams (launch.c) ---- */
+GVM_HIDDEN void gvm_launch_reset(void);
+GVM_HIDDEN void gvm_streams_retire_context(CUcontext ctx);
+/* monitor side: mark streams, retire completed marks, sum counters per GPU */
+GVM_HIDDEN bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended);
+GVM_HIDDEN void gvm_streams_shutdown(void);
+
+/* ---- memory (memory.c) ---- */
+GVM_HIDDEN void gvm_memory_reset(void);
+GVM_HIDDEN void gvm_pools_refresh(void);
+GVM_HIDDEN void gvm_memory_forget_context(CUcontext ctx);
+
+/* ---- RM observer (rm_observer.c) ---- */
+GVM_HIDDEN void gvm_rm_reset(void);
+GVM_HIDDEN void gvm_rm_publish_all(void);
+GVM_HIDDEN void gvm_rm_set_creating_gpu(int gpu); /* tag objects allocated by this thread; -1 clears */
+/* pure observer entry, also fed by tests with recorded byte sequences */
+GVM_HIDDEN void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret);
+
+/* ---- commands and control block (block.c, commands.c, monitor.c) ---- */
+GVM_HIDDEN struct gvm_control_block *gvm_block_create(void);
+GVM_HIDDEN void gvm_block_remove(void);
+GVM_HIDDEN void gvm_block_forget(void); /* fork child: drop the parent's mapping without removing it */
+GVM_HIDDEN void gvm_apply_command(struct gvm_command *cmd);
+GVM_HIDDEN int gvm_monitor_start(void);
+GVM_HIDDEN void gvm_monitor_stop(void);
+GVM_HIDDEN void gvm_monitor_kick(void);
+
+/* ---- memory limit (shared by memory.c and commands.c) ---- */
+GVM_HIDDEN uint64_t gvm_memory_current(int gpu);
+GVM_HIDDEN uint64_t gvm_memory_limit(int gpu);
+
+#endif

@@ -1,0 +1,144 @@
+/*
+ * The process's control block file: created under the shm dir once the driver is up, filled, then
+ * renamed into place so a reader never sees a half-written block; removed at exit.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#ifndef GVM_VERSION_STRING
+#define GVM_VERSION_STRING "0.1.0"
+#endif
+
+struct gvm_control_block *gvm_block;
+static char block_path[320];
+static pid_t block_owner;
+
+static uint64_t self_start_time(void) {
+  char buf[1024];
+  int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  /* the command name may contain spaces and parentheses: fields resume after the last ')' */
+  char *p = strrchr(buf, ')');
+  if (!p) return 0;
+  p += 2; /* field 3 */
+  for (int field = 3; field < 22 && p; field++) {
+    p = strchr(p, ' ');
+    if (p) p++;
+  }
+  return p ? strtoull(p, NULL, 10) : 0;
+}
+
+static void self_cmdline(char *out, size_t n) {
+  int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t len = read(fd, out, n - 1);
+  close(fd);
+  if (len <= 0) return;
+  for (ssize_t i = 0; i < len; i++)
+    if (out[i] == 0) out[i] = ' ';
+  while (len > 0 && out[len - 1] == ' ') len--;
+  out[len] = 0;
+}
+
+static int ensure_dir(const char *dir) {
+  if (mkdir(dir, 01777) == 0) {
+    /* the umask trimmed the mode: every user must be able to create a block, none remove another's */
+    if (chmod(dir, 01777) != 0) gvm_log(GVM_LOG_WARN, "chmod %s: %s", dir, strerror(errno));
+    return 0;
+  }
+  if (errno != EEXIST) return -1;
+  struct stat st;
+  if (lstat(dir, &st) != 0) return -1;
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    return -1;
+  }
+  return 0;
+}
+
+struct gvm_control_block *gvm_block_create(void) {
+  const char *dir = gvm_config.shm_dir;
+  if (ensure_dir(dir) != 0) {
+    gvm_log(GVM_LOG_WARN, "cannot use %s (%s); running without a control block", dir, strerror(errno));
+    return NULL;
+  }
+  pid_t pid = getpid();
+  char tmp[320];
+  if ((size_t)snprintf(block_path, sizeof block_path, "%s/%d", dir, (int)pid) >= sizeof block_path ||
+      (size_t)snprintf(tmp, sizeof tmp, "%s/.%d.tmp", dir, (int)pid) >= sizeof tmp) {
+    gvm_log(GVM_LOG_WARN, "GVM_SHM_DIR too long; running without a control block");
+    return NULL;
+  }
+  unlink(tmp); /* a leftover of an earlier process with our pid and uid; fails harmlessly otherwise */
+  int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    gvm_log(GVM_LOG_WARN, "cannot create %s: %s; running without a control block", tmp, strerror(errno));
+    return NULL;
+  }
+  size_t size = sizeof(struct gvm_control_block);
+  /* reserve the pages now: on a full /dev/shm a lazily backed mapping would SIGBUS us later */
+  int err = posix_fallocate(fd, 0, (off_t)size);
+  if (err != 0 && ftruncate(fd, (off_t)size) == 0 && err != ENOSPC) err = 0; /* fs without fallocate */
+  if (err != 0) {
+    gvm_log(GVM_LOG_WARN, "cannot size %s: %s; running without a control block", tmp, strerror(err));
+    close(fd);
+    unlink(tmp);
+    return NULL;
+  }
+  struct gvm_control_block *cb = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (cb == MAP_FAILED) {
+    gvm_log(GVM_LOG_WARN, "cannot map %s: %s", tmp, strerror(errno));
+    unlink(tmp);
+    return NULL;
+  }
+  cb->version_major = GVM_CB_VERSION_MAJOR;
+  cb->version_minor = GVM_CB_VERSION_MINOR;
+  cb->size = (uint32_t)size;
+  cb->gpu_block_size = (uint32_t)sizeof(struct gvm_gpu_block);
+  cb->pid = pid;
+  cb->uid = geteuid();
+  cb->start_time = self_start_time();
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  cb->created_unix_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  cb->heartbeat_ns = gvm_now_ns();
+  cb->agent_state = GVM_AGENT_STARTING;
+  snprintf(cb->agent_version, sizeof cb->agent_version, "%s", GVM_VERSION_STRING);
+  self_cmdline(cb->cmdline, sizeof cb->cmdline);
+  GVM_STORE(&cb->magic, GVM_CB_MAGIC);
+  if (rename(tmp, block_path) != 0) {
+    gvm_log(GVM_LOG_WARN, "cannot publish %s: %s", block_path, strerror(errno));
+    munmap(cb, size);
+    unlink(tmp);
+    return NULL;
+  }
+  block_owner = pid;
+  return cb;
+}
+
+void gvm_block_remove(void) {
+  if (!gvm_block || block_owner != getpid()) return;
+  GVM_STORE(&gvm_block->agent_state, (uint32_t)GVM_AGENT_EXITED);
+  unlink(block_path);
+  /* stay mapped: another thread may still publish a counter while the process exits */
+}
+
+void gvm_block_forget(void) {
+  if (gvm_block) munmap(gvm_block, sizeof(struct gvm_control_block));
+  gvm_block = NULL;
+  block_path[0] = 0;
+  block_owner = 0;
+}

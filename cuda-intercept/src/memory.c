@@ -1,0 +1,499 @@
+/*
+ * Memory accounting per GPU: every allocation and free path of the driver API, the limit in oom
+ * mode, and the virtual totals cuMemGetInfo reports. Device bytes are kept by origin (plain
+ * allocations, the application's own VMM handles, stream-ordered pools) so memory.current is their
+ * exact sum; pools are measured by what the driver says they reserve, since freed blocks stay in a
+ * pool until it is trimmed.
+ */
+#include <string.h>
+
+#include "agent.h"
+#include "registry.h"
+
+static struct gvm_registry allocations = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+#define MAX_POOLS 64
+struct pool_entry {
+  CUmemoryPool pool; /* NULL: free */
+  int gpu;
+  uint64_t reserved;
+};
+static struct pool_entry pools[MAX_POOLS];
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool valid_gpu(int gpu) { return gpu >= 0 && gpu < GVM_MAX_GPUS; }
+
+uint64_t gvm_memory_current(int gpu) {
+  if (!valid_gpu(gpu)) return 0;
+  struct gvm_gpu_state *g = &gvm_gpus[gpu];
+  return atomic_load(&g->sync_bytes) + atomic_load(&g->vmm_bytes) + atomic_load(&g->pool_bytes);
+}
+
+uint64_t gvm_memory_limit(int gpu) {
+  if (!valid_gpu(gpu) || !gvm_block) return UINT64_MAX;
+  uint64_t limit = GVM_LOAD(&gvm_block->gpu[gpu].memory_limit);
+  return limit ? limit : UINT64_MAX;
+}
+
+void gvm_publish_memory(int gpu) {
+  if (!gvm_block || !valid_gpu(gpu)) return;
+  struct gvm_gpu_state *g = &gvm_gpus[gpu];
+  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  uint64_t cur = gvm_memory_current(gpu);
+  GVM_STORE(&b->memory_current, cur);
+  if (cur > GVM_LOAD(&b->memory_peak)) GVM_STORE(&b->memory_peak, cur);
+  GVM_STORE(&b->managed_bytes, atomic_load(&g->managed_bytes));
+  GVM_STORE(&b->host_bytes, atomic_load(&g->host_bytes));
+  GVM_STORE(&b->alloc_count, atomic_load(&g->alloc_count));
+  GVM_STORE(&b->free_count, atomic_load(&g->free_count));
+  GVM_STORE(&b->alloc_failures, atomic_load(&g->alloc_failures));
+}
+
+/*
+ * Reserve `size` device bytes against the limit before asking the driver, so that threads allocating
+ * at once cannot overshoot it together. Returns false (and counts a failure) when over the limit.
+ */
+static bool reserve(int gpu, _Atomic uint64_t *bucket, uint64_t size) {
+  if (!valid_gpu(gpu)) return true;
+  uint64_t before = atomic_fetch_add(bucket, size);
+  uint64_t limit = gvm_memory_limit(gpu);
+  uint64_t others = gvm_memory_current(gpu) - before - size;
+  if (limit != UINT64_MAX && before + size + others > limit && size > 0) {
+    atomic_fetch_sub(bucket, size);
+    atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
+    gvm_publish_memory(gpu);
+    return false;
+  }
+  return true;
+}
+
+static void unreserve(int gpu, _Atomic uint64_t *bucket, uint64_t size) {
+  if (valid_gpu(gpu)) atomic_fetch_sub(bucket, size);
+}
+
+static void remember(uint64_t key, uint64_t size, int gpu, int kind, uint64_t aux) {
+  CUcontext ctx = NULL;
+  if (gvm_real.p_cuCtxGetCurrent) gvm_real.p_cuCtxGetCurrent(&ctx);
+  struct gvm_alloc a = {.size = size, .aux = aux, .ctx = ctx, .gpu = gpu, .kind = (uint8_t)kind};
+  pthread_mutex_lock(&allocations.lock);
+  gvm_registry_put(&allocations, key, &a);
+  pthread_mutex_unlock(&allocations.lock);
+  if (valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].alloc_count, 1);
+}
+
+static bool forget(uint64_t key, struct gvm_alloc *out) {
+  pthread_mutex_lock(&allocations.lock);
+  bool found = gvm_registry_take(&allocations, key, out);
+  pthread_mutex_unlock(&allocations.lock);
+  return found;
+}
+
+/* Gives back what an allocation counted; used by every free path. */
+static void release_counts(const struct gvm_alloc *a) {
+  if (!valid_gpu(a->gpu)) return;
+  struct gvm_gpu_state *g = &gvm_gpus[a->gpu];
+  switch (a->kind) {
+  case GVM_ALLOC_DEVICE: atomic_fetch_sub(&g->sync_bytes, a->size); break;
+  case GVM_ALLOC_MANAGED: atomic_fetch_sub(&g->managed_bytes, a->size); break;
+  case GVM_ALLOC_HOST:
+  case GVM_ALLOC_HOST_REG: atomic_fetch_sub(&g->host_bytes, a->size); break;
+  case GVM_ALLOC_VMM_HANDLE:
+    if (a->on_device) atomic_fetch_sub(&g->vmm_bytes, a->size);
+    else atomic_fetch_sub(&g->host_bytes, a->size);
+    break;
+  default: break; /* ASYNC: the pool's reservation is measured, not derived */
+  }
+  if (a->kind != GVM_ALLOC_VMM_MAPPING) atomic_fetch_add(&g->free_count, 1);
+}
+
+static bool active(void) { return atomic_load_explicit(&gvm_active, memory_order_acquire) == 1; }
+
+/* ---- plain device allocations ---- */
+static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(void *), void *arg) {
+  if (!active()) return call(arg);
+  int gpu = gvm_current_gpu();
+  if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size)) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult r = call(arg);
+  if (r != CUDA_SUCCESS) {
+    unreserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY && valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
+  } else {
+    remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_DEVICE, 0);
+  }
+  gvm_publish_memory(gpu);
+  return r;
+}
+
+struct alloc_args {
+  CUdeviceptr *dptr;
+  size_t size;
+};
+static CUresult call_alloc(void *p) {
+  struct alloc_args *a = p;
+  return GVM_REAL(cuMemAlloc_v2, a->dptr, a->size);
+}
+CUresult gvm_hook_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+  struct alloc_args a = {dptr, bytesize};
+  return device_alloc(dptr, bytesize, call_alloc, &a);
+}
+
+struct pitch_args {
+  CUdeviceptr *dptr;
+  size_t *pitch, width, height;
+  unsigned elem;
+};
+static CUresult call_pitch(void *p) {
+  struct pitch_args *a = p;
+  return GVM_REAL(cuMemAllocPitch_v2, a->dptr, a->pitch, a->width, a->height, a->elem);
+}
+CUresult gvm_hook_cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, size_t height,
+                                     unsigned int elem) {
+  struct pitch_args a = {dptr, pPitch, width, height, elem};
+  if (!active()) return call_pitch(&a);
+  /* the pitch is the driver's choice: check the limit with the width, account what it granted */
+  int gpu = gvm_current_gpu();
+  uint64_t guess = (uint64_t)width * height;
+  if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, guess)) return CUDA_ERROR_OUT_OF_MEMORY;
+  unreserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, guess);
+  CUresult r = call_pitch(&a);
+  if (r == CUDA_SUCCESS) {
+    uint64_t size = (uint64_t)*pPitch * height;
+    if (valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].sync_bytes, size);
+    remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_DEVICE, 0);
+  }
+  gvm_publish_memory(gpu);
+  return r;
+}
+
+CUresult gvm_hook_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
+  CUresult r = GVM_REAL(cuMemAllocManaged, dptr, bytesize, flags);
+  if (r == CUDA_SUCCESS && active()) {
+    int gpu = gvm_current_gpu();
+    if (valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].managed_bytes, bytesize);
+    remember((uint64_t)*dptr, bytesize, gpu, GVM_ALLOC_MANAGED, 0);
+    gvm_publish_memory(gpu);
+  }
+  return r;
+}
+
+CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
+  struct gvm_alloc a;
+  bool known = active() && dptr && forget((uint64_t)dptr, &a);
+  CUresult r = GVM_REAL(cuMemFree_v2, dptr);
+  if (!known) return r;
+  if (r == CUDA_SUCCESS) {
+    release_counts(&a);
+    if (a.kind == GVM_ALLOC_ASYNC) gvm_pools_refresh();
+    gvm_publish_memory(a.gpu);
+  } else {
+    pthread_mutex_lock(&allocations.lock); /* the free failed: the allocation is still alive */
+    gvm_registry_put(&allocations, (uint64_t)dptr, &a);
+    pthread_mutex_unlock(&allocations.lock);
+  }
+  return r;
+}
+
+/* ---- host memory ---- */
+static void host_allocated(CUresult r, void *p, size_t size, int kind) {
+  if (r != CUDA_SUCCESS || !active() || !p) return;
+  int gpu = gvm_current_gpu();
+  if (gpu < 0) gpu = 0; /* pinned memory is process-wide; shown under the current or first GPU */
+  atomic_fetch_add(&gvm_gpus[gpu].host_bytes, size);
+  remember((uint64_t)(uintptr_t)p, size, gpu, kind, 0);
+  gvm_publish_memory(gpu);
+}
+
+static void host_freed(CUresult r, void *p) {
+  struct gvm_alloc a;
+  if (r != CUDA_SUCCESS || !active() || !forget((uint64_t)(uintptr_t)p, &a)) return;
+  release_counts(&a);
+  gvm_publish_memory(a.gpu);
+}
+
+CUresult gvm_hook_cuMemAllocHost_v2(void **pp, size_t bytesize) {
+  CUresult r = GVM_REAL(cuMemAllocHost_v2, pp, bytesize);
+  host_allocated(r, pp ? *pp : NULL, bytesize, GVM_ALLOC_HOST);
+  return r;
+}
+CUresult gvm_hook_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int flags) {
+  CUresult r = GVM_REAL(cuMemHostAlloc, pp, bytesize, flags);
+  host_allocated(r, pp ? *pp : NULL, bytesize, GVM_ALLOC_HOST);
+  return r;
+}
+CUresult gvm_hook_cuMemFreeHost(void *p) {
+  CUresult r = GVM_REAL(cuMemFreeHost, p);
+  host_freed(r, p);
+  return r;
+}
+CUresult gvm_hook_cuMemHostRegister(void *p, size_t bytesize, unsigned int flags) {
+  CUresult r = GVM_REAL(cuMemHostRegister, p, bytesize, flags);
+  host_allocated(r, p, bytesize, GVM_ALLOC_HOST_REG);
+  return r;
+}
+CUresult gvm_hook_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int flags) {
+  CUresult r = GVM_REAL(cuMemHostRegister_v2, p, bytesize, flags);
+  host_allocated(r, p, bytesize, GVM_ALLOC_HOST_REG);
+  return r;
+}
+CUresult gvm_hook_cuMemHostUnregister(void *p) {
+  CUresult r = GVM_REAL(cuMemHostUnregister, p);
+  host_freed(r, p);
+  return r;
+}
+
+/* ---- stream-ordered allocation: pools are measured by their reservation ---- */
+static void pool_track(CUmemoryPool pool, int gpu) {
+  if (!pool || !valid_gpu(gpu)) return;
+  pthread_mutex_lock(&pool_lock);
+  int free_slot = -1;
+  for (int i = 0; i < MAX_POOLS; i++) {
+    if (pools[i].pool == pool) {
+      free_slot = -2;
+      break;
+    }
+    if (!pools[i].pool && free_slot < 0) free_slot = i;
+  }
+  if (free_slot >= 0) pools[free_slot] = (struct pool_entry){pool, gpu, 0};
+  else if (free_slot == -1) GVM_LOG_ONCE(GVM_LOG_WARN, "more than %d memory pools; later ones not measured", MAX_POOLS);
+  pthread_mutex_unlock(&pool_lock);
+}
+
+/* Re-reads every pool's reservation (driver calls made outside the lock) and republishes. */
+void gvm_pools_refresh(void) {
+  CUmemoryPool snapshot[MAX_POOLS];
+  int gpu_of[MAX_POOLS];
+  int n = 0;
+  pthread_mutex_lock(&pool_lock);
+  for (int i = 0; i < MAX_POOLS; i++)
+    if (pools[i].pool) {
+      snapshot[n] = pools[i].pool;
+      gpu_of[n++] = pools[i].gpu;
+    }
+  pthread_mutex_unlock(&pool_lock);
+  uint64_t per_gpu[GVM_MAX_GPUS] = {0};
+  bool touched[GVM_MAX_GPUS] = {false};
+  for (int i = 0; i < n; i++) {
+    cuuint64_t reserved = 0;
+    touched[gpu_of[i]] = true;
+    if (GVM_REAL(cuMemPoolGetAttribute, snapshot[i], CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) ==
+        CUDA_SUCCESS)
+      per_gpu[gpu_of[i]] += reserved;
+  }
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    if (!touched[g]) continue;
+    if (atomic_exchange(&gvm_gpus[g].pool_bytes, per_gpu[g]) != per_gpu[g]) gvm_publish_memory(g);
+  }
+}
+
+/* Would this allocation grow the pool past the limit? A pool with enough idle reservation reuses it. */
+static bool pool_admits(CUmemoryPool pool, int gpu, size_t size) {
+  uint64_t limit = gvm_memory_limit(gpu);
+  if (limit == UINT64_MAX || !pool) return true;
+  cuuint64_t reserved = 0, used = 0;
+  GVM_REAL(cuMemPoolGetAttribute, pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved);
+  GVM_REAL(cuMemPoolGetAttribute, pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used);
+  if (reserved >= used && reserved - used >= size) return true;
+  if (gvm_memory_current(gpu) + size <= limit) return true;
+  atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
+  gvm_publish_memory(gpu);
+  return false;
+}
+
+static CUmemoryPool current_pool(int gpu) {
+  CUmemoryPool pool = NULL;
+  if (valid_gpu(gpu)) GVM_REAL(cuDeviceGetMemPool, &pool, gvm_gpus[gpu].device);
+  return pool;
+}
+
+static void async_allocated(CUresult r, CUdeviceptr *dptr, size_t size, CUmemoryPool pool, int gpu) {
+  if (r != CUDA_SUCCESS) {
+    if (r == CUDA_ERROR_OUT_OF_MEMORY && valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
+    return;
+  }
+  pool_track(pool, gpu);
+  remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_ASYNC, (uint64_t)(uintptr_t)pool);
+  gvm_pools_refresh();
+  gvm_publish_memory(gpu);
+}
+
+#define ALLOC_ASYNC(sym, pool_expr, ...)                                   \
+  if (!active()) return GVM_REAL(sym, __VA_ARGS__);                        \
+  int gpu = gvm_current_gpu();                                             \
+  CUmemoryPool pool = pool_expr;                                           \
+  if (!pool_admits(pool, gpu, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;  \
+  CUresult r = GVM_REAL(sym, __VA_ARGS__);                                 \
+  async_allocated(r, dptr, bytesize, pool, gpu);                           \
+  return r
+
+CUresult gvm_hook_cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream s) {
+  ALLOC_ASYNC(cuMemAllocAsync, current_pool(gpu), dptr, bytesize, s);
+}
+CUresult gvm_hook_cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream s) {
+  ALLOC_ASYNC(cuMemAllocAsync_ptsz, current_pool(gpu), dptr, bytesize, s);
+}
+CUresult gvm_hook_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool p, CUstream s) {
+  ALLOC_ASYNC(cuMemAllocFromPoolAsync, p, dptr, bytesize, p, s);
+}
+CUresult gvm_hook_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool p, CUstream s) {
+  ALLOC_ASYNC(cuMemAllocFromPoolAsync_ptsz, p, dptr, bytesize, p, s);
+}
+
+static void async_freed(CUresult r, CUdeviceptr dptr) {
+  struct gvm_alloc a;
+  if (r != CUDA_SUCCESS || !active() || !forget((uint64_t)dptr, &a)) return;
+  release_counts(&a);
+  gvm_publish_memory(a.gpu); /* the pool keeps the bytes until trimmed; the monitor re-measures */
+}
+CUresult gvm_hook_cuMemFreeAsync(CUdeviceptr dptr, CUstream s) {
+  CUresult r = GVM_REAL(cuMemFreeAsync, dptr, s);
+  async_freed(r, dptr);
+  return r;
+}
+CUresult gvm_hook_cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) {
+  CUresult r = GVM_REAL(cuMemFreeAsync_ptsz, dptr, s);
+  async_freed(r, dptr);
+  return r;
+}
+
+CUresult gvm_hook_cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+  CUresult r = GVM_REAL(cuMemPoolTrimTo, pool, keep);
+  if (active()) gvm_pools_refresh();
+  return r;
+}
+
+CUresult gvm_hook_cuMemPoolDestroy(CUmemoryPool pool) {
+  CUresult r = GVM_REAL(cuMemPoolDestroy, pool);
+  if (r == CUDA_SUCCESS) {
+    pthread_mutex_lock(&pool_lock);
+    for (int i = 0; i < MAX_POOLS; i++)
+      if (pools[i].pool == pool) pools[i].pool = NULL;
+    pthread_mutex_unlock(&pool_lock);
+    for (int g = 0; g < GVM_MAX_GPUS; g++) atomic_store(&gvm_gpus[g].pool_bytes, 0);
+    gvm_pools_refresh();
+    for (int g = 0; g < GVM_MAX_GPUS; g++) gvm_publish_memory(g);
+  }
+  return r;
+}
+
+/* ---- VMM: physical handles count while they exist (released handles live until unmapped) ---- */
+CUresult gvm_hook_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
+                              unsigned long long flags) {
+  if (!active() || !prop) return GVM_REAL(cuMemCreate, handle, size, prop, flags);
+  bool on_device = prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE;
+  int gpu = on_device ? prop->location.id : gvm_current_gpu();
+  if (gpu < 0) gpu = 0;
+  _Atomic uint64_t *bucket = valid_gpu(gpu) ? (on_device ? &gvm_gpus[gpu].vmm_bytes : &gvm_gpus[gpu].host_bytes) : NULL;
+  if (on_device && !reserve(gpu, bucket, size)) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (!on_device && bucket) atomic_fetch_add(bucket, size);
+  CUresult r = GVM_REAL(cuMemCreate, handle, size, prop, flags);
+  if (r != CUDA_SUCCESS) {
+    unreserve(gpu, bucket, size);
+  } else {
+    struct gvm_alloc a = {.size = size, .gpu = gpu, .kind = GVM_ALLOC_VMM_HANDLE, .on_device = on_device};
+    pthread_mutex_lock(&allocations.lock);
+    gvm_registry_put(&allocations, (uint64_t)*handle, &a);
+    pthread_mutex_unlock(&allocations.lock);
+    if (valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].alloc_count, 1);
+  }
+  gvm_publish_memory(gpu);
+  return r;
+}
+
+/* Called with the registry lock held: frees a handle's bytes once released and unmapped. */
+static bool settle_handle(uint64_t handle, struct gvm_alloc *h) {
+  if (!h->released || h->map_count > 0) return false;
+  struct gvm_alloc copy = *h;
+  gvm_registry_take(&allocations, handle, NULL);
+  release_counts(&copy);
+  return true;
+}
+
+CUresult gvm_hook_cuMemRelease(CUmemGenericAllocationHandle handle) {
+  CUresult r = GVM_REAL(cuMemRelease, handle);
+  if (r != CUDA_SUCCESS || !active()) return r;
+  int gpu = -1;
+  pthread_mutex_lock(&allocations.lock);
+  struct gvm_alloc *h = gvm_registry_get(&allocations, (uint64_t)handle);
+  if (h && h->kind == GVM_ALLOC_VMM_HANDLE) {
+    gpu = h->gpu;
+    h->released = 1;
+    settle_handle((uint64_t)handle, h);
+  }
+  pthread_mutex_unlock(&allocations.lock);
+  gvm_publish_memory(gpu);
+  return r;
+}
+
+CUresult gvm_hook_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                           unsigned long long flags) {
+  CUresult r = GVM_REAL(cuMemMap, ptr, size, offset, handle, flags);
+  if (r != CUDA_SUCCESS || !active()) return r;
+  pthread_mutex_lock(&allocations.lock);
+  struct gvm_alloc *h = gvm_registry_get(&allocations, (uint64_t)handle);
+  if (h && h->kind == GVM_ALLOC_VMM_HANDLE) {
+    h->map_count++;
+    struct gvm_alloc m = {.size = size, .aux = (uint64_t)handle, .gpu = h->gpu, .kind = GVM_ALLOC_VMM_MAPPING};
+    gvm_registry_put(&allocations, (uint64_t)ptr, &m);
+  }
+  pthread_mutex_unlock(&allocations.lock);
+  return r;
+}
+
+CUresult gvm_hook_cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  CUresult r = GVM_REAL(cuMemUnmap, ptr, size);
+  if (r != CUDA_SUCCESS || !active()) return r;
+  int gpus_touched[GVM_MAX_GPUS] = {0};
+  pthread_mutex_lock(&allocations.lock);
+  /* the range may span several mappings laid end to end */
+  for (uint64_t at = ptr, end = ptr + size; at < end;) {
+    struct gvm_alloc m;
+    if (!gvm_registry_take(&allocations, at, &m) || m.kind != GVM_ALLOC_VMM_MAPPING || !m.size) break;
+    struct gvm_alloc *h = gvm_registry_get(&allocations, m.aux);
+    if (h && h->map_count > 0) {
+      h->map_count--;
+      if (valid_gpu(h->gpu)) gpus_touched[h->gpu] = 1;
+      settle_handle(m.aux, h);
+    }
+    at += m.size;
+  }
+  pthread_mutex_unlock(&allocations.lock);
+  for (int g = 0; g < GVM_MAX_GPUS; g++)
+    if (gpus_touched[g]) gvm_publish_memory(g);
+  return r;
+}
+
+/* ---- virtual totals ---- */
+CUresult gvm_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
+  CUresult r = GVM_REAL(cuMemGetInfo_v2, free_bytes, total_bytes);
+  if (r != CUDA_SUCCESS || !active() || !free_bytes || !total_bytes) return r;
+  int gpu = gvm_current_gpu();
+  uint64_t limit = gvm_memory_limit(gpu);
+  if (limit == UINT64_MAX || limit >= *total_bytes) return r;
+  uint64_t used = gvm_memory_current(gpu);
+  uint64_t room = used >= limit ? 0 : limit - used;
+  *total_bytes = limit;
+  if (room < *free_bytes) *free_bytes = room;
+  return r;
+}
+
+/* ---- contexts going away take their allocations with them ---- */
+static bool owned_by(uint64_t key, struct gvm_alloc *a, void *ctx) {
+  (void)key;
+  if (a->ctx != (CUcontext)ctx || a->kind == GVM_ALLOC_VMM_HANDLE || a->kind == GVM_ALLOC_VMM_MAPPING) return false;
+  release_counts(a);
+  return true;
+}
+
+void gvm_memory_forget_context(CUcontext ctx) {
+  if (!ctx) return;
+  pthread_mutex_lock(&allocations.lock);
+  gvm_registry_sweep(&allocations, owned_by, ctx);
+  pthread_mutex_unlock(&allocations.lock);
+  for (int g = 0; g < GVM_MAX_GPUS; g++) gvm_publish_memory(g);
+}
+
+void gvm_memory_reset(void) {
+  gvm_registry_init(&allocations);
+  pthread_mutex_init(&pool_lock, NULL);
+  memset(pools, 0, sizeof pools);
+}

@@ -1,0 +1,135 @@
+/*
+ * The agent's two threads. The control thread applies commands from the control block; it never
+ * calls into libcuda, so a frozen GPU (where driver calls can block) cannot stall a thaw. The event
+ * thread records and queries the kernel-end events and publishes counters.
+ */
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+static pthread_t control_thread, event_thread;
+static bool control_running, event_running;
+static _Atomic int stopping;
+static _Atomic uint32_t event_wake; /* futex the event thread sleeps on between ticks */
+
+static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *timeout) {
+  return syscall(SYS_futex, addr, op, val, timeout, NULL, 0);
+}
+
+static struct timespec ms_to_ts(int ms) {
+  return (struct timespec){.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+}
+
+static void *control_main(void *arg) {
+  (void)arg;
+  struct gvm_control_block *cb = gvm_block;
+  struct gvm_command *cmd = &cb->command;
+  uint32_t seen = GVM_LOAD(&cmd->seq);
+  /* a command left unanswered by an earlier agent with our pid cannot exist: the block is new */
+  GVM_STORE(&cmd->applied_seq, seen);
+  while (!atomic_load(&stopping)) {
+    GVM_STORE(&cb->heartbeat_ns, gvm_now_ns());
+    struct timespec ts = ms_to_ts(250);
+    /* shared futex: controllers in other processes wake it */
+    futex(&cmd->seq, FUTEX_WAIT, seen, &ts);
+    uint32_t seq = GVM_LOAD(&cmd->seq);
+    if (seq == seen) continue;
+    seen = seq;
+    gvm_apply_command(cmd);
+    GVM_STORE(&cmd->applied_seq, seq);
+    futex(&cmd->applied_seq, FUTEX_WAKE, INT32_MAX, NULL);
+  }
+  return NULL;
+}
+
+static void publish_kernels(const uint64_t *submitted, const uint64_t *ended) {
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    struct gvm_gpu_block *b = &gvm_block->gpu[g];
+    /* counters never go backwards, even while a reused stream's counts are folded */
+    if (submitted[g] > GVM_LOAD(&b->kernels_submitted)) GVM_STORE(&b->kernels_submitted, submitted[g]);
+    uint64_t end = ended[g] > submitted[g] ? submitted[g] : ended[g];
+    if (end > GVM_LOAD(&b->kernels_ended)) GVM_STORE(&b->kernels_ended, end);
+    GVM_STORE(&b->updated_ns, gvm_now_ns());
+  }
+}
+
+static void *event_main(void *arg) {
+  (void)arg;
+  /* relaxed: our event queries must not count as unsafe calls during another thread's graph capture */
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  GVM_REAL(cuThreadExchangeStreamCaptureMode, &mode);
+  uint64_t submitted[GVM_MAX_GPUS], ended[GVM_MAX_GPUS];
+  uint64_t last_pool_refresh = 0;
+  int idle_ms = gvm_config.event_interval_ms * 10;
+  while (!atomic_load(&stopping)) {
+    bool outstanding = gvm_streams_tick(submitted, ended);
+    publish_kernels(submitted, ended);
+    uint64_t now = gvm_now_ns();
+    if (now - last_pool_refresh > 100000000ull) { /* pools shrink on their own when trimmed */
+      gvm_pools_refresh();
+      last_pool_refresh = now;
+    }
+    uint32_t w = atomic_load(&event_wake);
+    struct timespec ts = ms_to_ts(outstanding ? gvm_config.event_interval_ms : idle_ms);
+    futex((uint32_t *)&event_wake, FUTEX_WAIT_PRIVATE, w, &ts);
+  }
+  return NULL;
+}
+
+static int spawn(pthread_t *t, void *(*fn)(void *)) {
+  sigset_t all, old;
+  sigfillset(&all);
+  /* the application's signal handlers must never run on our threads */
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int r = pthread_create(t, NULL, fn, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return r;
+}
+
+int gvm_monitor_start(void) {
+  atomic_store(&stopping, 0);
+  int r = spawn(&control_thread, control_main);
+  control_running = r == 0;
+  int e = spawn(&event_thread, event_main);
+  event_running = e == 0;
+  if (r == 0) pthread_setname_np(control_thread, "gvm-control");
+  if (e == 0) pthread_setname_np(event_thread, "gvm-events");
+  return (r == 0 && e == 0) ? 0 : -1;
+}
+
+void gvm_monitor_kick(void) {
+  atomic_fetch_add(&event_wake, 1);
+  futex((uint32_t *)&event_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
+}
+
+/* At exit: stop both threads, but never wait long for one stuck inside the driver. */
+void gvm_monitor_stop(void) {
+  atomic_store(&stopping, 1);
+  gvm_monitor_kick();
+  if (gvm_block) {
+    GVM_ADD(&gvm_block->command.seq, 0);
+    futex(&gvm_block->command.seq, FUTEX_WAKE, INT32_MAX, NULL);
+  }
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_nsec += 200000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  if (event_running && pthread_timedjoin_np(event_thread, NULL, &deadline) == 0) event_running = false;
+  if (control_running && pthread_timedjoin_np(control_thread, NULL, &deadline) == 0) control_running = false;
+  /* final counters: the process is exiting and its work is done or abandoned */
+  if (gvm_block && !event_running) {
+    uint64_t submitted[GVM_MAX_GPUS], ended[GVM_MAX_GPUS];
+    gvm_streams_tick(submitted, ended);
+    publish_kernels(submitted, ended);
+  }
+}

@@ -1,0 +1,24 @@
+/*
+ * The few NVIDIA resource-manager (RM) constants gvm needs, from NVIDIA's open kernel modules
+ * (src/common/sdk/nvidia/inc: nvos.h, class headers, ctrla06c.h, ctrl2080fifo.h) and measured on
+ * driver 580 (../shared/notes/rm-controls.md).
+ */
+#ifndef GVM_RM_ABI_H
+#define GVM_RM_ABI_H
+
+#include <dlfcn.h>
+
+#define RM_IOCTL_MAGIC 'F'
+#define RM_ESC_FREE 0x29
+#define RM_ESC_CONTROL 0x2A
+#define RM_ESC_ALLOC 0x2B
+
+#define RM_CLASS_DEVICE 0x0080u    /* NV01_DEVICE_0: params begin with u32 deviceId */
+#define RM_CLASS_SUBDEVICE 0x2080u /* NV20_SUBDEVICE_0 */
+#define RM_CLASS_TSG 0xA06Cu       /* KEPLER_CHANNEL_GROUP_A */
+#define RM_TSG_ENGINE_TYPE_OFFSET 12 /* hObjectError, hObjectEccError, hVASpace, engineType */
+#define RM_ENGINE_GR 1u
+
+#define RTLD_NEXT_HANDLE RTLD_NEXT
+
+#endif
