@@ -25,6 +25,8 @@
 typedef CUresult(CUDAAPI *PFN_cuDevicePrimaryCtxRelease_v7000)(CUdevice dev);
 typedef CUresult(CUDAAPI *PFN_cuDevicePrimaryCtxReset_v7000)(CUdevice dev);
 typedef CUresult(CUDAAPI *PFN_cuMemHostRegister_v4000)(void *p, size_t bytesize, unsigned int flags);
+typedef CUresult(CUDAAPI *PFN_cuStreamBeginCapture_v10000)(CUstream stream);
+typedef CUresult(CUDAAPI *PFN_cuStreamBeginCapture_v10000_ptsz)(CUstream stream);
 typedef CUresult(CUDAAPI *PFN_cuGraphInstantiate_v10000)(CUgraphExec *exec, CUgraph graph, CUgraphNode *err_node,
                                                         char *log, size_t log_size);
 typedef CUresult(CUDAAPI *PFN_cuGraphInstantiate_v11000)(CUgraphExec *exec, CUgraph graph, CUgraphNode *err_node,

@@ -317,6 +317,16 @@ static void capture_began(CUresult r) {
 static void capture_ended(bool was_capturing) {
   if (was_capturing && atomic_fetch_sub(&captures_active, 1) <= 0) atomic_store(&captures_active, 0);
 }
+CUresult gvm_hook_cuStreamBeginCapture(CUstream s) {
+  CUresult r = GVM_REAL(cuStreamBeginCapture, s);
+  capture_began(r);
+  return r;
+}
+CUresult gvm_hook_cuStreamBeginCapture_ptsz(CUstream s) {
+  CUresult r = GVM_REAL(cuStreamBeginCapture_ptsz, s);
+  capture_began(r);
+  return r;
+}
 CUresult gvm_hook_cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
   CUresult r = GVM_REAL(cuStreamBeginCapture_v2, s, mode);
   capture_began(r);

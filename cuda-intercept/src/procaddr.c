@@ -4,6 +4,7 @@
  * for exactly the real function it picked, matched by address, so every flag and version combination
  * resolves the way the driver intends and whatever we do not hook passes through untouched.
  */
+#include <dlfcn.h>
 #include <string.h>
 
 #include "agent.h"
@@ -15,7 +16,10 @@ static void *substitute(const char *symbol, void *found) {
   if (gvm_config.log_level >= GVM_LOG_DEBUG && symbol) {
     for (int id = 0; id < GVM_HOOK_COUNT; id++)
       if (strcmp(gvm_hooks[id].api, symbol) == 0) {
-        gvm_log(GVM_LOG_DEBUG, "cuGetProcAddress(%s) returned an entry point gvm does not hook", symbol);
+        Dl_info info;
+        const char *name = dladdr(found, &info) && info.dli_sname ? info.dli_sname : "?";
+        gvm_log(GVM_LOG_DEBUG, "cuGetProcAddress(%s) returned %p (%s), an entry point gvm does not hook", symbol,
+                found, name);
         break;
       }
   }

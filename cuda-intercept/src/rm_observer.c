@@ -173,7 +173,8 @@ static void trace(int fd, unsigned nr, unsigned size, const void *arg, int ret, 
   pthread_once(&trace_once, open_trace);
   if (trace_fd < 0) return;
   char line[6144];
-  int n = snprintf(line, sizeof line, "%02x %d %u %d ", nr, fd, size, ret);
+  /* the creating-GPU tag goes with each line so a replay attributes objects as the agent did */
+  int n = snprintf(line, sizeof line, "%02x %d %u %d %d ", nr, fd, size, ret, creating_gpu);
   n += hex(line + n, sizeof line - (size_t)n, arg, size);
   line[n++] = ' ';
   n += hex(line + n, sizeof line - (size_t)n, params, params ? psize : 0);
@@ -183,6 +184,12 @@ static void trace(int fd, unsigned nr, unsigned size, const void *arg, int ret, 
 }
 
 /* ---- the observer ---- */
+static uint32_t alloc_params_known(uint32_t klass) {
+  if (klass == RM_CLASS_TSG) return 16;
+  if (klass == RM_CLASS_DEVICE || klass == RM_CLASS_SUBDEVICE) return 4;
+  return 0;
+}
+
 void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret) {
   if (!arg) return;
   const uint8_t *a = arg;
@@ -211,6 +218,8 @@ void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret
   } else {
     return;
   }
+  /* libcuda passes paramsSize 0 for allocations (the RM knows each class's size): read what we need */
+  if (nr == RM_ESC_ALLOC && psize == 0 && params) psize = alloc_params_known(w[3]);
   if (gvm_config.rm_trace[0]) trace(fd, nr, size, arg, ret, params, psize > 4096 ? 4096 : psize);
   if (ret != 0 || status != 0) return;
   pthread_mutex_lock(&rm_lock);
