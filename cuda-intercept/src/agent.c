@@ -60,6 +60,7 @@ static void describe_gpus(struct gvm_control_block *cb) {
 
 static void on_exit_handler(void) {
   if (started_pid != getpid()) return; /* inherited by a forked child: the block is the parent's */
+  gvm_compute_release_all();
   gvm_monitor_stop();
   gvm_block_remove();
 }
@@ -110,6 +111,7 @@ static void after_fork_child(void) {
   gvm_launch_reset();
   gvm_memory_reset();
   gvm_rm_reset();
+  gvm_compute_reset();
   started_pid = 0;
 }
 

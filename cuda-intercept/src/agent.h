@@ -149,6 +149,34 @@ GVM_HIDDEN void gvm_rm_set_creating_gpu(int gpu); /* tag objects allocated by th
 /* pure observer entry, also fed by tests with recorded byte sequences */
 GVM_HIDDEN void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret);
 
+/* what compute control needs to steer one GPU's channels (a consistent copy) */
+struct gvm_rm_target {
+  int fd;
+  uint32_t client, subdevice;
+  uint32_t ntsg, nchan;
+  uint32_t tsg[GVM_MAX_TSGS];
+  uint32_t chan[GVM_MAX_CHANNELS];
+};
+GVM_HIDDEN bool gvm_rm_snapshot(int gpu, struct gvm_rm_target *out);
+GVM_HIDDEN void gvm_rm_note_timeslice(uint32_t client, uint32_t tsg, uint64_t us);
+GVM_HIDDEN int gvm_real_ioctl(int fd, unsigned long request, void *arg);
+
+/* ---- compute control (compute.c) ---- */
+GVM_HIDDEN extern _Atomic uint32_t gvm_soft_frozen_mask;
+GVM_HIDDEN int gvm_compute_set_priority(int gpu, int priority, char *msg, size_t room);
+GVM_HIDDEN int gvm_compute_freeze(int gpu, bool freeze, char *msg, size_t room);
+GVM_HIDDEN void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass,
+                                  uint32_t handle);
+GVM_HIDDEN void gvm_compute_release_all(void);
+GVM_HIDDEN void gvm_compute_reset(void);
+GVM_HIDDEN void gvm_launch_gate_wait(void);
+/* every launch hook passes this gate first: one relaxed load unless a software freeze is in force */
+#define GVM_LAUNCH_GATE()                                                                \
+  do {                                                                                   \
+    if (GVM_UNLIKELY(atomic_load_explicit(&gvm_soft_frozen_mask, memory_order_relaxed))) \
+      gvm_launch_gate_wait();                                                            \
+  } while (0)
+
 /* ---- commands and control block (block.c, commands.c, monitor.c) ---- */
 GVM_HIDDEN struct gvm_control_block *gvm_block_create(void);
 GVM_HIDDEN void gvm_block_remove(void);

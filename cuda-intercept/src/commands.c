@@ -66,14 +66,14 @@ void gvm_apply_command(struct gvm_command *cmd) {
       answer(cmd, GVM_STATUS_INVALID, "compute.priority must be 0..15");
       return;
     }
-    answer(cmd, GVM_STATUS_UNSUPPORTED, "compute.priority is not implemented by this agent yet");
+    cmd->status = gvm_compute_set_priority((int)gpu, (int)value, cmd->message, sizeof cmd->message);
     return;
   case GVM_KEY_COMPUTE_FREEZE:
     if (value > 1) {
       answer(cmd, GVM_STATUS_INVALID, "compute.freeze must be 0 or 1");
       return;
     }
-    answer(cmd, GVM_STATUS_UNSUPPORTED, "compute.freeze is not implemented by this agent yet");
+    cmd->status = gvm_compute_freeze((int)gpu, value == 1, cmd->message, sizeof cmd->message);
     return;
   default:
     answer(cmd, GVM_STATUS_INVALID, "unknown key %u", key);

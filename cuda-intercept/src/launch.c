@@ -169,28 +169,33 @@ static inline void count_launch(CUstream s, uint64_t kernels, bool ptsz) {
 /* ---- launch hooks: the driver call first, counted only when it succeeded ---- */
 CUresult gvm_hook_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                                  unsigned bz, unsigned shmem, CUstream s, void **params, void **extra) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuLaunchKernel, f, gx, gy, gz, bx, by, bz, shmem, s, params, extra);
   if (GVM_LIKELY(r == CUDA_SUCCESS)) count_launch(s, 1, false);
   return r;
 }
 CUresult gvm_hook_cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                                       unsigned bz, unsigned shmem, CUstream s, void **params, void **extra) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuLaunchKernel_ptsz, f, gx, gy, gz, bx, by, bz, shmem, s, params, extra);
   if (GVM_LIKELY(r == CUDA_SUCCESS)) count_launch(s, 1, true);
   return r;
 }
 CUresult gvm_hook_cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuLaunchKernelEx, config, f, params, extra);
   if (GVM_LIKELY(r == CUDA_SUCCESS) && config) count_launch(config->hStream, 1, false);
   return r;
 }
 CUresult gvm_hook_cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuLaunchKernelEx_ptsz, config, f, params, extra);
   if (GVM_LIKELY(r == CUDA_SUCCESS) && config) count_launch(config->hStream, 1, true);
   return r;
 }
 CUresult gvm_hook_cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                                             unsigned by, unsigned bz, unsigned shmem, CUstream s, void **params) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuLaunchCooperativeKernel, f, gx, gy, gz, bx, by, bz, shmem, s, params);
   if (r == CUDA_SUCCESS) count_launch(s, 1, false);
   return r;
@@ -198,6 +203,7 @@ CUresult gvm_hook_cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned 
 CUresult gvm_hook_cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                                                  unsigned by, unsigned bz, unsigned shmem, CUstream s,
                                                  void **params) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuLaunchCooperativeKernel_ptsz, f, gx, gy, gz, bx, by, bz, shmem, s, params);
   if (r == CUDA_SUCCESS) count_launch(s, 1, true);
   return r;
@@ -300,11 +306,13 @@ CUresult gvm_hook_cuGraphExecDestroy(CUgraphExec exec) {
   return r;
 }
 CUresult gvm_hook_cuGraphLaunch(CUgraphExec exec, CUstream s) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuGraphLaunch, exec, s);
   if (r == CUDA_SUCCESS) count_launch(s, graph_kernels(exec), false);
   return r;
 }
 CUresult gvm_hook_cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s) {
+  GVM_LAUNCH_GATE();
   CUresult r = GVM_REAL(cuGraphLaunch_ptsz, exec, s);
   if (r == CUDA_SUCCESS) count_launch(s, graph_kernels(exec), true);
   return r;

@@ -19,6 +19,11 @@
 #define RM_TSG_ENGINE_TYPE_OFFSET 12 /* hObjectError, hObjectEccError, hVASpace, engineType */
 #define RM_ENGINE_GR 1u
 
+#define RM_CMD_TSG_SET_TIMESLICE 0xa06c0103u /* u64 timesliceUs */
+#define RM_CMD_TSG_GET_TIMESLICE 0xa06c0104u /* u64 timesliceUs */
+#define RM_CMD_TSG_PREEMPT 0xa06c0105u       /* {u8 bWait, u8 bManualTimeout, u32 timeoutUs} */
+#define RM_CMD_DISABLE_CHANNELS 0x2080110bu  /* on the subdevice; 536-byte params */
+
 #define RTLD_NEXT_HANDLE RTLD_NEXT
 
 #endif

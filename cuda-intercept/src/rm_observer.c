@@ -24,6 +24,7 @@ struct rm_object {
   int32_t fd;
   int32_t gpu;     /* CUDA ordinal, -1 unknown */
   bool used;
+  uint64_t timeslice_us; /* TSG: last value read back; 0 = not known */
 };
 
 static struct rm_object objects[MAX_OBJECTS];
@@ -70,7 +71,7 @@ static void record_alloc(int fd, uint32_t client, uint32_t parent, uint32_t hand
     memcpy(&engine, params + (klass == RM_CLASS_TSG ? RM_TSG_ENGINE_TYPE_OFFSET : 0), 4);
   struct rm_object *up = lookup(client, parent);
   int gpu = creating_gpu >= 0 ? creating_gpu : (up ? up->gpu : -1);
-  *slot = (struct rm_object){client, parent, handle, klass, engine, fd, gpu, true};
+  *slot = (struct rm_object){client, parent, handle, klass, engine, fd, gpu, true, 0};
   if (gpu >= 0 && up && up->klass == RM_CLASS_DEVICE) adopt_gpu(up, gpu);
   if (gpu >= 0 && up && up->klass == RM_CLASS_TSG) {
     struct rm_object *dev = lookup(client, up->parent);
@@ -131,11 +132,9 @@ static void publish_gpu(int gpu) {
       if (nchan < GVM_MAX_CHANNELS)
         b->channel[nchan++] = (struct gvm_channel_info){.handle = c->handle, .tsg = t->handle, .class_id = c->klass};
     }
-    if (ntsg < GVM_MAX_TSGS) {
-      uint64_t ts = b->tsg[ntsg].handle == t->handle ? b->tsg[ntsg].timeslice_us : 0;
+    if (ntsg < GVM_MAX_TSGS)
       b->tsg[ntsg++] = (struct gvm_tsg_info){.handle = t->handle, .engine_type = t->engine, .channel_count = chans,
-                                             .parent = t->parent, .timeslice_us = ts};
-    }
+                                             .parent = t->parent, .timeslice_us = t->timeslice_us};
   }
   b->tsg_count = ntsg;
   b->channel_count = nchan;
@@ -148,6 +147,46 @@ void gvm_rm_publish_all(void) {
   for (int g = 0; g < GVM_MAX_GPUS; g++)
     if (GVM_LOAD(&gvm_block->gpu[g].present)) publish_gpu(g);
   pthread_mutex_unlock(&rm_lock);
+}
+
+/* The owning client's fd, subdevice, TSGs and channels of one GPU, copied under the lock. */
+bool gvm_rm_snapshot(int gpu, struct gvm_rm_target *out) {
+  memset(out, 0, sizeof *out);
+  out->fd = -1;
+  pthread_mutex_lock(&rm_lock);
+  const struct rm_object *tsg0 = NULL;
+  for (int i = 0; i < MAX_OBJECTS && !tsg0; i++)
+    if (objects[i].used && objects[i].gpu == gpu && objects[i].klass == RM_CLASS_TSG && objects[i].engine == RM_ENGINE_GR)
+      tsg0 = &objects[i];
+  if (tsg0) {
+    out->fd = tsg0->fd;
+    out->client = tsg0->client;
+    for (int i = 0; i < MAX_OBJECTS; i++) {
+      const struct rm_object *o = &objects[i];
+      if (!o->used || o->client != tsg0->client) continue;
+      if (o->klass == RM_CLASS_SUBDEVICE && o->parent == tsg0->parent) out->subdevice = o->handle;
+      if (o->klass == RM_CLASS_TSG && o->gpu == gpu && out->ntsg < GVM_MAX_TSGS) out->tsg[out->ntsg++] = o->handle;
+    }
+    for (int i = 0; i < MAX_OBJECTS; i++) {
+      const struct rm_object *c = &objects[i];
+      if (!c->used || c->client != tsg0->client || !is_channel(c->klass) || out->nchan >= GVM_MAX_CHANNELS) continue;
+      for (uint32_t k = 0; k < out->ntsg; k++)
+        if (c->parent == out->tsg[k]) {
+          out->chan[out->nchan++] = c->handle;
+          break;
+        }
+    }
+  }
+  pthread_mutex_unlock(&rm_lock);
+  return tsg0 != NULL && out->subdevice != 0;
+}
+
+void gvm_rm_note_timeslice(uint32_t client, uint32_t tsg, uint64_t us) {
+  pthread_mutex_lock(&rm_lock);
+  struct rm_object *o = lookup(client, tsg);
+  if (o) o->timeslice_us = us;
+  pthread_mutex_unlock(&rm_lock);
+  gvm_rm_publish_all();
 }
 
 /* ---- trace of raw RM traffic (GVM_RM_TRACE=path), to record byte sequences for tests ---- */
@@ -222,11 +261,28 @@ void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret
   if (nr == RM_ESC_ALLOC && psize == 0 && params) psize = alloc_params_known(w[3]);
   if (gvm_config.rm_trace[0]) trace(fd, nr, size, arg, ret, params, psize > 4096 ? 4096 : psize);
   if (ret != 0 || status != 0) return;
+  int adopt_gpu = -1;
+  uint32_t adopt_subdevice = 0;
   pthread_mutex_lock(&rm_lock);
-  if (nr == RM_ESC_ALLOC) record_alloc(fd, w[0], w[1], w[2], w[3], params, psize);
-  else if (nr == RM_ESC_FREE) record_free(w[0], w[2]);
+  if (nr == RM_ESC_ALLOC) {
+    record_alloc(fd, w[0], w[1], w[2], w[3], params, psize);
+    const struct rm_object *o = lookup(w[0], w[2]);
+    if (o && (o->klass == RM_CLASS_TSG || is_channel(o->klass))) {
+      adopt_gpu = o->gpu;
+      /* a channel's subdevice: same client, child of the device that is the TSG's parent */
+      const struct rm_object *tsg = o->klass == RM_CLASS_TSG ? o : lookup(w[0], o->parent);
+      for (int i = 0; tsg && i < MAX_OBJECTS && !adopt_subdevice; i++)
+        if (objects[i].used && objects[i].klass == RM_CLASS_SUBDEVICE && objects[i].client == w[0] &&
+            objects[i].parent == tsg->parent)
+          adopt_subdevice = objects[i].handle;
+    }
+  } else if (nr == RM_ESC_FREE) {
+    record_free(w[0], w[2]);
+  }
   pthread_mutex_unlock(&rm_lock);
   if (nr != RM_ESC_CONTROL) gvm_rm_publish_all();
+  /* settings in force reach objects created later (RM calls made outside our lock) */
+  if (adopt_gpu >= 0) gvm_compute_adopt(adopt_gpu, fd, w[0], adopt_subdevice, w[3], w[2]);
 }
 
 void gvm_rm_reset(void) {
@@ -238,19 +294,34 @@ void gvm_rm_reset(void) {
 typedef int (*ioctl_fn)(int, unsigned long, ...);
 static ioctl_fn real_ioctl;
 
+static ioctl_fn find_real_ioctl(void) {
+  ioctl_fn real = __atomic_load_n(&real_ioctl, __ATOMIC_ACQUIRE);
+  if (GVM_UNLIKELY(!real)) {
+    real = (ioctl_fn)gvm_real_dlsym(RTLD_NEXT_HANDLE, "ioctl");
+    if (real) __atomic_store_n(&real_ioctl, real, __ATOMIC_RELEASE);
+  }
+  return real;
+}
+
+/* The agent's own RM calls: straight to the driver, not observed. */
+int gvm_real_ioctl(int fd, unsigned long request, void *arg) {
+  ioctl_fn real = find_real_ioctl();
+  if (!real) {
+    errno = ENOSYS;
+    return -1;
+  }
+  return real(fd, request, arg);
+}
+
 __attribute__((visibility("default"))) int ioctl(int fd, unsigned long request, ...) {
   va_list ap;
   va_start(ap, request);
   void *arg = va_arg(ap, void *);
   va_end(ap);
-  ioctl_fn real = __atomic_load_n(&real_ioctl, __ATOMIC_ACQUIRE);
+  ioctl_fn real = find_real_ioctl();
   if (GVM_UNLIKELY(!real)) {
-    real = (ioctl_fn)gvm_real_dlsym(RTLD_NEXT_HANDLE, "ioctl");
-    if (!real) {
-      errno = ENOSYS;
-      return -1;
-    }
-    __atomic_store_n(&real_ioctl, real, __ATOMIC_RELEASE);
+    errno = ENOSYS;
+    return -1;
   }
   int ret = real(fd, request, arg);
   if (_IOC_TYPE(request) != RM_IOCTL_MAGIC || gvm_config.disabled) return ret;

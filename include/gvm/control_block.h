@@ -50,6 +50,13 @@ enum gvm_key {
 
 enum gvm_memory_mode { GVM_MEMORY_MODE_OOM = 0, GVM_MEMORY_MODE_SWAP = 1 };
 
+/* How compute control reaches the GPU in this process. */
+enum gvm_control_mode {
+  GVM_CONTROL_NONE = 0,     /* nothing applied yet */
+  GVM_CONTROL_RM = 1,       /* RM controls on the process's own channel groups (timeslice, disable+preempt) */
+  GVM_CONTROL_SOFTWARE = 2  /* RM path unavailable: launches held at the hook, work drained; no priority */
+};
+
 /* Status the agent writes back for a command (and controllers use locally for timeouts). */
 enum gvm_status {
   GVM_STATUS_OK = 0,
@@ -134,7 +141,7 @@ struct gvm_gpu_block {
   uint32_t rm_subdevice;
   uint32_t tsg_count;
   uint32_t channel_count;
-  uint32_t reserved_rm;
+  uint32_t control_mode; /* enum gvm_control_mode: how priority and freeze are applied */
   struct gvm_tsg_info tsg[GVM_MAX_TSGS];
   struct gvm_channel_info channel[GVM_MAX_CHANNELS];
 

@@ -45,6 +45,7 @@ int main(int argc, char **argv) {
   }
   gvm_block = calloc(1, sizeof *gvm_block);
   gvm_block->gpu[0].present = 1;
+  gvm_block->gpu[0].priority = 8; /* the driver default: replaying must not issue controls */
   static char line[16384], arg_hex[512], params_hex[12000];
   static uint8_t params_store[2048][64]; /* params must outlive nothing: the observer reads them at once */
   int lines = 0, allocs = 0;

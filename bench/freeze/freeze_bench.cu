@@ -1,0 +1,174 @@
+// bench/freeze: freeze and thaw latency of a process under the gvm agent, measured from inside it.
+// A kernel bumps a counter in host-mapped memory; another thread sends compute.freeze through the
+// process's own control block (the same mailbox gvm and gvmd use) and watches the counter:
+//   freeze latency = command issued -> last counter change; thaw latency = command -> first change.
+// Also checks a frozen kernel makes zero progress and that the work's result is unchanged.
+// Build: nvcc -O2 -arch=sm_90 -I include bench/freeze/freeze_bench.cu -o freeze_bench -lcuda
+// Run:   LD_PRELOAD=build/Release/libgvm.so ./freeze_bench [cycles] [json-out]
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "gvm/control_block.h"
+
+// runs until the host sets *stop, so frozen time never eats into its budget
+__global__ void bump(volatile unsigned long long *counter, volatile int *stop, unsigned long long *out) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  unsigned long long n = 0;
+  while (!*stop) {
+    *counter = ++n;
+    __threadfence_system();
+  }
+  *out = n;
+}
+
+static double now_us() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static gvm_control_block *cb;
+
+static int command(uint32_t key, uint64_t value, char *msg) {
+  gvm_command *c = &cb->command;
+  c->key = key;
+  c->gpu = 0;
+  c->value = value;
+  uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
+  syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) {
+    timespec ts = {1, 0};
+    syscall(SYS_futex, &c->applied_seq, FUTEX_WAIT, __atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE), &ts, NULL, 0);
+  }
+  if (msg) strcpy(msg, c->message);
+  return c->status;
+}
+
+static double pct(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, (size_t)(p * v.size()))];
+}
+
+int main(int argc, char **argv) {
+  int cycles = argc > 1 ? atoi(argv[1]) : 100;
+  const char *json = argc > 2 ? argv[2] : NULL;
+  cudaSetDevice(0);
+  cudaFree(0);
+  char path[64];
+  snprintf(path, sizeof path, "/dev/shm/gvm/%d", getpid());
+  int fd = open(path, O_RDWR);
+  if (fd < 0) {
+    printf("no control block at %s: run under the gvm agent\n", path);
+    return 2;
+  }
+  cb = (gvm_control_block *)mmap(NULL, sizeof *cb, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  volatile unsigned long long *counter;
+  cudaHostAlloc((void **)&counter, 64, cudaHostAllocMapped);
+  unsigned long long *out;
+  cudaMalloc(&out, 8);
+  char msg[GVM_MESSAGE_MAX];
+  int failures = 0;
+
+  // priority: timeslice read back on every TSG
+  for (int p : {15, 0, 8}) {
+    int st = command(GVM_KEY_COMPUTE_PRIORITY, p, msg);
+    uint64_t want = 524288ull >> p;
+    bool all = cb->gpu[0].tsg_count > 0;
+    for (uint32_t i = 0; i < cb->gpu[0].tsg_count; i++) all &= cb->gpu[0].tsg[i].timeslice_us == want;
+    printf("%s priority %d -> status %d (%s); TSG timeslices read back %s %llu us\n", (st == 0 && all) ? "ok  " : "FAIL",
+           p, st, msg, all ? "all" : "NOT all", (unsigned long long)want);
+    failures += !(st == 0 && all);
+  }
+
+  std::vector<double> freeze_us, thaw_us, cmd_freeze_us, cmd_thaw_us;
+  volatile int *stop;
+  cudaHostAlloc((void **)&stop, 64, cudaHostAllocMapped);
+  *stop = 0;
+  *counter = 0;
+  bump<<<1, 32>>>(counter, stop, out);
+  while (*counter == 0) {}
+  int zero_progress_violations = 0;
+  for (int i = 0; i < cycles; i++) {
+    usleep(10000);
+    // the command goes out on another thread while this one watches the counter from the moment
+    // it was issued: the GPU's last step may come before the command returns
+    double t0 = now_us(), t1 = 0;
+    int st = -1;
+    unsigned long long last = *counter;
+    double last_change = t0;
+    std::thread sender([&] {
+      st = command(GVM_KEY_COMPUTE_FREEZE, 1, msg);
+      t1 = now_us();
+    });
+    while (now_us() - t0 < 25000) {
+      unsigned long long v = *counter;
+      if (v != last) {
+        last = v;
+        last_change = now_us();
+      }
+    }
+    sender.join();
+    if (st != 0) {
+      printf("FAIL freeze status %d: %s\n", st, msg);
+      failures++;
+      break;
+    }
+    freeze_us.push_back(last_change - t0);
+    cmd_freeze_us.push_back(t1 - t0);
+    unsigned long long frozen_at = *counter;
+    usleep(20000);
+    if (*counter != frozen_at) zero_progress_violations++;
+    double t2 = now_us();
+    st = command(GVM_KEY_COMPUTE_FREEZE, 0, msg);
+    double t3 = now_us();
+    while (*counter == frozen_at && now_us() - t2 < 1e6) {}
+    thaw_us.push_back(now_us() - t2);
+    cmd_thaw_us.push_back(t3 - t2);
+  }
+  *stop = 1;
+  cudaError_t e = cudaDeviceSynchronize();
+  unsigned long long n = 0;
+  cudaMemcpy(&n, out, 8, cudaMemcpyDeviceToHost);
+  bool result_ok = e == cudaSuccess && n == *counter && n > 0;
+  printf("%s kernel finished after %d freeze/thaw cycles: %s, its count %llu matches the host view %llu\n",
+         result_ok ? "ok  " : "FAIL", cycles, cudaGetErrorString(e), n, *counter);
+  printf("%s frozen kernel made no progress in %d of %d 20 ms frozen windows\n", zero_progress_violations ? "FAIL" : "ok  ",
+         cycles - zero_progress_violations, cycles);
+  failures += !result_ok + (zero_progress_violations > 0);
+  double f99 = pct(freeze_us, 0.99), t99 = pct(thaw_us, 0.99);
+  printf("\n| metric (%d cycles) | p50 | p99 | max | target |\n|---|---|---|---|---|\n", cycles);
+  printf("| freeze: command -> GPU stopped (ms) | %.3f | %.3f | %.3f | <= 2 |\n", pct(freeze_us, .5) / 1e3, f99 / 1e3,
+         pct(freeze_us, 1) / 1e3);
+  printf("| thaw: command -> GPU progressing (ms) | %.3f | %.3f | %.3f | <= 1 |\n", pct(thaw_us, .5) / 1e3, t99 / 1e3,
+         pct(thaw_us, 1) / 1e3);
+  printf("| freeze command round trip (ms) | %.3f | %.3f | %.3f | <= 2 |\n", pct(cmd_freeze_us, .5) / 1e3,
+         pct(cmd_freeze_us, .99) / 1e3, pct(cmd_freeze_us, 1) / 1e3);
+  printf("| thaw command round trip (ms) | %.3f | %.3f | %.3f | |\n", pct(cmd_thaw_us, .5) / 1e3,
+         pct(cmd_thaw_us, .99) / 1e3, pct(cmd_thaw_us, 1) / 1e3);
+  if (json) {
+    FILE *f = fopen(json, "w");
+    if (f) {
+      fprintf(f, "{\"cycles\":%d,\"freeze_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"thaw_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
+                 "\"freeze_cmd_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"thaw_cmd_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
+                 "\"zero_progress_violations\":%d,\"result_ok\":%s,\"mode\":%u}\n",
+              cycles, pct(freeze_us, .5) / 1e3, f99 / 1e3, pct(thaw_us, .5) / 1e3, t99 / 1e3, pct(cmd_freeze_us, .5) / 1e3,
+              pct(cmd_freeze_us, .99) / 1e3, pct(cmd_thaw_us, .5) / 1e3, pct(cmd_thaw_us, .99) / 1e3,
+              zero_progress_violations, result_ok ? "true" : "false", cb->gpu[0].control_mode);
+      fclose(f);
+    }
+  }
+  printf("%d failure(s)\n", failures);
+  return failures ? 1 : 0;
+}

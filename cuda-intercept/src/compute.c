@@ -1,0 +1,267 @@
+/*
+ * Compute control from inside the process: priority as the timeslice of every channel group (TSG)
+ * of the process on a GPU, freeze as "disable scheduling of its channels, then preempt". The RM
+ * controls go out on libcuda's own client and fd (only the owning client may steer its channels).
+ * Where the RM path is not verified or a control fails, freeze falls back to holding launches at the
+ * hook and draining in-flight work; priority then reports "unsupported" instead of pretending.
+ *
+ * Runs on the control thread, which never calls into libcuda, and on the ioctl path when libcuda
+ * creates a TSG or channel (new ones inherit the GPU's settings).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "rm_abi.h"
+
+#define PRIORITY_DEFAULT 8
+#define DISABLE_MAX 64
+
+struct disable_channels_params { /* NV2080_CTRL_FIFO_DISABLE_CHANNELS_PARAMS, 536 bytes */
+  uint8_t disable;
+  uint8_t pad0[3];
+  uint32_t count;
+  uint8_t only_scheduling;
+  uint8_t rewind_gp_put;
+  uint8_t pad1[6];
+  uint64_t preempt_event; /* must be 0 from user space */
+  uint32_t clients[DISABLE_MAX];
+  uint32_t channels[DISABLE_MAX];
+};
+_Static_assert(sizeof(struct disable_channels_params) == 536, "disable channels params");
+_Static_assert(offsetof(struct disable_channels_params, clients) == 24, "hClientList offset");
+
+struct preempt_params { /* NVA06C_CTRL_PREEMPT_PARAMS */
+  uint8_t wait;
+  uint8_t manual_timeout;
+  uint8_t pad[2];
+  uint32_t timeout_us;
+};
+_Static_assert(sizeof(struct preempt_params) == 8, "preempt params");
+
+struct nvos54 {
+  uint32_t client, object, cmd, flags;
+  uint64_t params;
+  uint32_t params_size, status;
+};
+_Static_assert(sizeof(struct nvos54) == 32, "NVOS54");
+
+_Atomic uint32_t gvm_soft_frozen_mask; /* bit per GPU: launches wait at the hook */
+static _Atomic int rm_allowed = -1;    /* -1 unknown, 0 no, 1 yes (driver version verified) */
+
+static bool driver_verified(void) {
+  int v = atomic_load(&rm_allowed);
+  if (v >= 0) return v == 1;
+  char buf[64] = {0};
+  int fd = open("/sys/module/nvidia/version", O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+  if (fd >= 0) close(fd);
+  int major = n > 0 ? atoi(buf) : 0;
+  /* the control layouts were read in NVIDIA's open modules for these releases and measured on 580 */
+  v = (major >= 525 && major <= 580) || getenv("GVM_RM_ANY_DRIVER") != NULL;
+  if (!v) gvm_log(GVM_LOG_WARN, "NVIDIA driver %d is outside the verified 525..580: software freeze only", major);
+  atomic_store(&rm_allowed, v);
+  return v;
+}
+
+/* One RM control on libcuda's fd; returns the RM status (0 = NV_OK), or 0xffffffff if the ioctl failed. */
+static uint32_t rm_control(int fd, uint32_t client, uint32_t object, uint32_t cmd, void *params, uint32_t size) {
+  struct nvos54 c = {.client = client, .object = object, .cmd = cmd, .params = (uint64_t)(uintptr_t)params,
+                     .params_size = size};
+  unsigned long req = _IOC(_IOC_READ | _IOC_WRITE, RM_IOCTL_MAGIC, RM_ESC_CONTROL, sizeof c);
+  if (gvm_real_ioctl(fd, req, &c) != 0) return 0xffffffffu;
+  return c.status;
+}
+
+static uint64_t timeslice_for(int priority) { return 524288ull >> priority; }
+
+static uint32_t set_timeslice(const struct gvm_rm_target *t, uint32_t tsg, uint64_t us, uint64_t *read_back) {
+  uint64_t v = us;
+  uint32_t st = rm_control(t->fd, t->client, tsg, RM_CMD_TSG_SET_TIMESLICE, &v, sizeof v);
+  if (st) return st;
+  uint64_t got = 0;
+  st = rm_control(t->fd, t->client, tsg, RM_CMD_TSG_GET_TIMESLICE, &got, sizeof got);
+  if (!st) *read_back = got;
+  return st;
+}
+
+static uint32_t disable_channels(int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans, uint32_t n,
+                                 bool disable) {
+  for (uint32_t at = 0; at < n; at += DISABLE_MAX) {
+    struct disable_channels_params p;
+    memset(&p, 0, sizeof p);
+    p.disable = disable;
+    p.only_scheduling = 1;
+    p.count = n - at < DISABLE_MAX ? n - at : DISABLE_MAX;
+    for (uint32_t i = 0; i < p.count; i++) {
+      p.clients[i] = client;
+      p.channels[i] = chans[at + i];
+    }
+    uint32_t st = rm_control(fd, client, subdevice, RM_CMD_DISABLE_CHANNELS, &p, sizeof p);
+    if (st) return st;
+  }
+  return 0;
+}
+
+static void set_mode(int gpu, uint32_t mode) { GVM_STORE(&gvm_block->gpu[gpu].control_mode, mode); }
+
+/* ---- priority ---- */
+int gvm_compute_set_priority(int gpu, int priority, char *msg, size_t room) {
+  struct gvm_rm_target t;
+  if (!driver_verified()) {
+    snprintf(msg, room, "compute.priority unsupported: RM path not verified for this driver");
+    return GVM_STATUS_UNSUPPORTED;
+  }
+  if (!gvm_rm_snapshot(gpu, &t) || t.ntsg == 0) {
+    /* no channel group yet: remember it, every TSG created later gets it */
+    GVM_STORE(&gvm_block->gpu[gpu].priority, (int32_t)priority);
+    snprintf(msg, room, "priority %d recorded; applied when the process creates its channels", priority);
+    return GVM_STATUS_OK;
+  }
+  uint64_t us = timeslice_for(priority);
+  for (uint32_t i = 0; i < t.ntsg; i++) {
+    uint64_t got = 0;
+    uint32_t st = set_timeslice(&t, t.tsg[i], us, &got);
+    if (st) {
+      snprintf(msg, room, "set timeslice on TSG %#x failed: RM status %#x", t.tsg[i], st);
+      return GVM_STATUS_DRIVER;
+    }
+    gvm_rm_note_timeslice(t.client, t.tsg[i], got);
+    if (got != us) {
+      snprintf(msg, room, "TSG %#x reads back %llu us, not %llu", t.tsg[i], (unsigned long long)got,
+               (unsigned long long)us);
+      return GVM_STATUS_DRIVER;
+    }
+  }
+  GVM_STORE(&gvm_block->gpu[gpu].priority, (int32_t)priority);
+  set_mode(gpu, GVM_CONTROL_RM);
+  snprintf(msg, room, "priority %d: timeslice %llu us on %u TSGs", priority, (unsigned long long)us, t.ntsg);
+  return GVM_STATUS_OK;
+}
+
+/* ---- freeze ---- */
+static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
+  return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
+
+/* Software freeze: new launches wait at the hook; wait until the GPU has finished what was queued. */
+static int soft_freeze(int gpu, char *msg, size_t room, const char *why) {
+  atomic_fetch_or(&gvm_soft_frozen_mask, 1u << gpu);
+  GVM_STORE(&gvm_block->gpu[gpu].frozen, 1u);
+  set_mode(gpu, GVM_CONTROL_SOFTWARE);
+  gvm_monitor_kick();
+  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  for (int waited_ms = 0; waited_ms < 10000; waited_ms++) {
+    if (GVM_LOAD(&b->kernels_ended) >= GVM_LOAD(&b->kernels_submitted)) {
+      snprintf(msg, room, "software freeze (%s): launches held, in-flight work drained", why);
+      return GVM_STATUS_OK;
+    }
+    usleep(1000);
+  }
+  snprintf(msg, room, "software freeze (%s): launches held, but queued work still running after 10 s", why);
+  return GVM_STATUS_OK;
+}
+
+static void soft_thaw(int gpu) {
+  atomic_fetch_and(&gvm_soft_frozen_mask, ~(1u << gpu));
+  futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL);
+}
+
+int gvm_compute_freeze(int gpu, bool freeze, char *msg, size_t room) {
+  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  bool soft = atomic_load(&gvm_soft_frozen_mask) & (1u << gpu);
+  if (!freeze) {
+    if (soft) soft_thaw(gpu);
+    struct gvm_rm_target t;
+    if (!soft && gvm_rm_snapshot(gpu, &t) && t.nchan > 0) {
+      uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
+      if (st) {
+        snprintf(msg, room, "enable channels failed: RM status %#x", st);
+        return GVM_STATUS_DRIVER;
+      }
+    }
+    GVM_STORE(&b->frozen, 0u);
+    snprintf(msg, room, "thawed");
+    return GVM_STATUS_OK;
+  }
+  if (!driver_verified()) return soft_freeze(gpu, msg, room, "driver not verified for RM controls");
+  struct gvm_rm_target t;
+  if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) {
+    /* nothing runs yet: channels created from now on start disabled */
+    GVM_STORE(&b->frozen, 1u);
+    set_mode(gpu, GVM_CONTROL_RM);
+    snprintf(msg, room, "frozen before the first channel; new channels start disabled");
+    return GVM_STATUS_OK;
+  }
+  uint64_t t0 = gvm_now_ns();
+  GVM_STORE(&b->frozen, 1u); /* first, so a channel created meanwhile starts disabled */
+  uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, true);
+  if (st) {
+    disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
+    GVM_LOG_ONCE(GVM_LOG_WARN, "disable channels failed (RM status %#x); using software freeze", st);
+    return soft_freeze(gpu, msg, room, "RM refused disable channels");
+  }
+  for (uint32_t i = 0; i < t.ntsg; i++) {
+    struct preempt_params p = {.wait = 1};
+    st = rm_control(t.fd, t.client, t.tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
+    if (st) {
+      disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
+      GVM_LOG_ONCE(GVM_LOG_WARN, "preempt failed (RM status %#x); using software freeze", st);
+      return soft_freeze(gpu, msg, room, "RM refused preempt");
+    }
+  }
+  set_mode(gpu, GVM_CONTROL_RM);
+  snprintf(msg, room, "frozen: %u channels disabled, %u TSGs preempted in %.2f ms", t.nchan, t.ntsg,
+           (double)(gvm_now_ns() - t0) / 1e6);
+  return GVM_STATUS_OK;
+}
+
+/* ---- objects libcuda creates later inherit the GPU's settings (called outside the RM lock) ---- */
+void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass, uint32_t handle) {
+  if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS) return;
+  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  bool wants_timeslice = klass == RM_CLASS_TSG && GVM_LOAD(&b->priority) != PRIORITY_DEFAULT;
+  bool wants_disable = klass != RM_CLASS_TSG && GVM_LOAD(&b->frozen);
+  if ((!wants_timeslice && !wants_disable) || !driver_verified()) return;
+  if (klass == RM_CLASS_TSG) {
+    int prio = GVM_LOAD(&b->priority);
+    struct gvm_rm_target t = {.fd = fd, .client = client};
+    uint64_t got = 0;
+    uint32_t st = set_timeslice(&t, handle, timeslice_for(prio), &got);
+    if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "new TSG %#x kept the default timeslice: RM status %#x", handle, st);
+    else gvm_rm_note_timeslice(client, handle, got);
+  } else if (GVM_LOAD(&b->frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu)) && subdevice) {
+    uint32_t st = disable_channels(fd, client, subdevice, &handle, 1, true);
+    if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channel %#x created while frozen could not be disabled: %#x", handle, st);
+  }
+}
+
+/* ---- the launch gate of the software freeze ---- */
+void gvm_launch_gate_wait(void) {
+  int gpu = gvm_current_gpu();
+  if (gpu < 0) gpu = 0;
+  for (;;) {
+    uint32_t mask = atomic_load(&gvm_soft_frozen_mask);
+    if (!(mask & (1u << gpu))) return;
+    futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAIT_PRIVATE, mask, NULL);
+  }
+}
+
+/* At exit: never leave channels disabled behind us, or the driver's own teardown could wait forever. */
+void gvm_compute_release_all(void) {
+  if (!gvm_block) return;
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    if (!GVM_LOAD(&gvm_block->gpu[g].frozen)) continue;
+    char msg[GVM_MESSAGE_MAX];
+    gvm_compute_freeze(g, false, msg, sizeof msg);
+  }
+}
+
+void gvm_compute_reset(void) { atomic_store(&gvm_soft_frozen_mask, 0); }
