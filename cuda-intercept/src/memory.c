@@ -301,7 +301,8 @@ static bool pool_admits(CUmemoryPool pool, int gpu, size_t size) {
 
 static CUmemoryPool current_pool(int gpu) {
   CUmemoryPool pool = NULL;
-  if (valid_gpu(gpu)) GVM_REAL(cuDeviceGetMemPool, &pool, gvm_gpus[gpu].device);
+  if (valid_gpu(gpu) && GVM_REAL(cuDeviceGetMemPool, &pool, gvm_gpus[gpu].device) != CUDA_SUCCESS)
+    GVM_REAL(cuDeviceGetDefaultMemPool, &pool, gvm_gpus[gpu].device);
   return pool;
 }
 
