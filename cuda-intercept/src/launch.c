@@ -318,6 +318,8 @@ CUresult gvm_hook_cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s) {
   return r;
 }
 
+bool gvm_capture_active(void) { return atomic_load_explicit(&captures_active, memory_order_relaxed) > 0; }
+
 /* ---- capture bookkeeping: while none is active, launches skip the capture query entirely ---- */
 static void capture_began(CUresult r) {
   if (r == CUDA_SUCCESS) atomic_fetch_add(&captures_active, 1);

@@ -183,7 +183,7 @@ CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
   if (!known) return r;
   if (r == CUDA_SUCCESS) {
     release_counts(&a);
-    if (a.kind == GVM_ALLOC_ASYNC) gvm_pools_refresh();
+    if (a.kind == GVM_ALLOC_ASYNC) gvm_monitor_kick();
     gvm_publish_memory(a.gpu);
   } else {
     pthread_mutex_lock(&allocations.lock); /* the free failed: the allocation is still alive */
@@ -289,6 +289,11 @@ void gvm_pools_refresh(void) {
 static bool pool_admits(CUmemoryPool pool, int gpu, size_t size) {
   uint64_t limit = gvm_memory_limit(gpu);
   if (limit == UINT64_MAX || !pool) return true;
+  if (gvm_capture_active()) { /* graph memory: judged by what we know, without asking the pool */
+    if (gvm_memory_current(gpu) + size <= limit) return true;
+    atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
+    return false;
+  }
   cuuint64_t reserved = 0, used = 0;
   GVM_REAL(cuMemPoolGetAttribute, pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved);
   GVM_REAL(cuMemPoolGetAttribute, pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used);
@@ -299,10 +304,15 @@ static bool pool_admits(CUmemoryPool pool, int gpu, size_t size) {
   return false;
 }
 
+static _Atomic(CUmemoryPool) known_pool[GVM_MAX_GPUS];
+
 static CUmemoryPool current_pool(int gpu) {
+  if (!valid_gpu(gpu)) return NULL;
+  if (gvm_capture_active()) return atomic_load(&known_pool[gpu]); /* no queries inside a capture */
   CUmemoryPool pool = NULL;
   if (valid_gpu(gpu) && GVM_REAL(cuDeviceGetMemPool, &pool, gvm_gpus[gpu].device) != CUDA_SUCCESS)
     GVM_REAL(cuDeviceGetDefaultMemPool, &pool, gvm_gpus[gpu].device);
+  atomic_store(&known_pool[gpu], pool);
   return pool;
 }
 
@@ -313,7 +323,8 @@ static void async_allocated(CUresult r, CUdeviceptr *dptr, size_t size, CUmemory
   }
   pool_track(pool, gpu);
   remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_ASYNC, (uint64_t)(uintptr_t)pool);
-  gvm_pools_refresh();
+  if (gvm_capture_active()) gvm_monitor_kick(); /* the event thread measures the pool instead */
+  else gvm_pools_refresh();
   gvm_publish_memory(gpu);
 }
 
@@ -358,7 +369,7 @@ CUresult gvm_hook_cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) {
 
 CUresult gvm_hook_cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   CUresult r = GVM_REAL(cuMemPoolTrimTo, pool, keep);
-  if (active()) gvm_pools_refresh();
+  if (active()) gvm_monitor_kick();
   return r;
 }
 
@@ -497,4 +508,5 @@ void gvm_memory_reset(void) {
   gvm_registry_init(&allocations);
   pthread_mutex_init(&pool_lock, NULL);
   memset(pools, 0, sizeof pools);
+  for (int g = 0; g < GVM_MAX_GPUS; g++) atomic_store(&known_pool[g], NULL);
 }

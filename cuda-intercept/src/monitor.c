@@ -67,12 +67,16 @@ static void *event_main(void *arg) {
   GVM_REAL(cuThreadExchangeStreamCaptureMode, &mode);
   uint64_t submitted[GVM_MAX_GPUS], ended[GVM_MAX_GPUS];
   uint64_t last_pool_refresh = 0;
+  uint32_t last_wake = atomic_load(&event_wake);
   int idle_ms = gvm_config.event_interval_ms * 10;
   while (!atomic_load(&stopping)) {
     bool outstanding = gvm_streams_tick(submitted, ended);
     publish_kernels(submitted, ended);
     uint64_t now = gvm_now_ns();
-    if (now - last_pool_refresh > 100000000ull) { /* pools shrink on their own when trimmed */
+    uint32_t wake = atomic_load(&event_wake);
+    /* pools change on frees and trims (a kick) and shrink on their own: re-measure at least every 100 ms */
+    if (wake != last_wake || now - last_pool_refresh > 100000000ull) {
+      last_wake = wake;
       gvm_pools_refresh();
       last_pool_refresh = now;
     }
