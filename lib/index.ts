@@ -1,0 +1,513 @@
+/**
+ * gvm: read and drive the control blocks that the gvm agent (libgvm.so) publishes for each CUDA
+ * process under /dev/shm/gvm (or $GVM_SHM_DIR).
+ *
+ *   const procs = await Gvm.processes();
+ *   for (const p of procs) for (const g of p.gpus) console.log(p.pid, g.index, g.memory.current);
+ *
+ * Every getter reads the live value from the shared mapping (no caching). 64-bit counters are
+ * numbers (exact below 2^53: 8 PiB, or 9e15 kernels); nanosecond clocks are bigints.
+ */
+import * as fs from 'node:fs';
+
+import { codeForStatus, GvmError, GvmStatus, isGvmError, statusName } from './errors';
+import { native, NativeControlBlock, NativeGpu, NativeRm } from './native';
+import { shmDir } from './paths';
+import { blockPath, machineGpuIndex, machineGpuOrder, userName } from './system';
+
+export { GvmError, GvmStatus, isGvmError, codeForStatus, statusName } from './errors';
+export type { GvmErrorCode, GvmErrorOptions, GvmStatusName } from './errors';
+export { parseBytes, formatBytes } from './units';
+export { agentPath, shmDir } from './paths';
+
+/** Command keys (enum gvm_key). */
+export const GvmKey = {
+  PING: 0,
+  MEMORY_LIMIT: 1,
+  MEMORY_MODE: 2,
+  COMPUTE_PRIORITY: 3,
+  COMPUTE_FREEZE: 4,
+} as const;
+export type GvmKeyName = keyof typeof GvmKey;
+
+export type AgentState = 'starting' | 'ready' | 'disabled' | 'exited' | 'unknown';
+export type MemoryMode = 'oom' | 'swap';
+
+const AGENT_STATES: readonly AgentState[] = ['starting', 'ready', 'disabled', 'exited'];
+
+export interface GvmMemory {
+  /** Device bytes held by the process. */
+  current: number;
+  /** The limit in force (the GPU's total when unlimited). */
+  limit: number;
+  /** Device allocations living on the host (swap mode). */
+  swapCurrent: number;
+  peak: number;
+  managed: number;
+  host: number;
+  mode: MemoryMode;
+}
+
+export interface GvmKernels {
+  submitted: number;
+  ended: number;
+  /** submitted - ended, never negative. */
+  pending: number;
+}
+
+export interface GvmCompute {
+  /** 0..15, lower is more important; 8 is the driver's default. */
+  priority: number;
+  frozen: boolean;
+}
+
+export interface GvmAllocations {
+  count: number;
+  frees: number;
+  failures: number;
+}
+
+export interface GvmTsg {
+  handle: number;
+  engineType: number;
+  /** "compute" for engine type 1 (GR), else "copy". */
+  engine: 'compute' | 'copy';
+  channelCount: number;
+  parent: number;
+  timesliceUs: number;
+}
+
+export interface GvmRm {
+  fd: number;
+  client: number;
+  device: number;
+  subdevice: number;
+  tsgs: GvmTsg[];
+  channels: { handle: number; tsg: number; classId: number }[];
+}
+
+export interface GvmCommandOptions {
+  /** How long to wait for the agent's answer (default 2000 ms). */
+  timeoutMs?: number;
+}
+
+export interface GvmCommandResult {
+  status: number;
+  message: string;
+  seq: number;
+}
+
+/** A plain, JSON-friendly copy of one GPU's state. */
+export interface GvmGpuSnapshot {
+  index: number;
+  ordinal: number;
+  uuid: string;
+  name: string;
+  pciBusId: string;
+  totalBytes: number;
+  memory: GvmMemory;
+  kernels: GvmKernels;
+  compute: GvmCompute;
+  contexts: number;
+  allocations: GvmAllocations;
+}
+
+export interface GvmOptions {
+  /** The control block directory (default $GVM_SHM_DIR, else /dev/shm/gvm). */
+  shmDir?: string;
+}
+
+const DEFAULT_TIMEOUT_MS = 2000;
+
+function keyName(key: number): string {
+  for (const [name, value] of Object.entries(GvmKey)) if (value === key) return name.toLowerCase();
+  return `key ${key}`;
+}
+
+/** One GPU as one process sees it (the slot of gvm_gpu_block[] its CUDA ordinal selects). */
+export class GvmGpu {
+  readonly #process: GvmProcess;
+  readonly #slot: number;
+  readonly #gpuOrder: readonly string[];
+
+  /** @internal */
+  constructor(process: GvmProcess, slot: number, gpuOrder: readonly string[]) {
+    this.#process = process;
+    this.#slot = slot;
+    this.#gpuOrder = gpuOrder;
+  }
+
+  #raw(): NativeGpu {
+    return this.#process._handle().gpu(this.#slot);
+  }
+
+  get process(): GvmProcess {
+    return this.#process;
+  }
+
+  /** The CUDA device ordinal inside the process. */
+  get ordinal(): number {
+    return this.#raw().ordinal;
+  }
+
+  /** The machine-wide index (nvidia-smi's order by PCI bus id); the ordinal when that is unknown. */
+  get index(): number {
+    const raw = this.#raw();
+    return machineGpuIndex(this.#gpuOrder, raw.pciBusId) ?? raw.ordinal;
+  }
+
+  get present(): boolean {
+    return this.#raw().present;
+  }
+
+  get uuid(): string {
+    return this.#raw().uuid;
+  }
+
+  get name(): string {
+    return this.#raw().name;
+  }
+
+  get pciBusId(): string {
+    return this.#raw().pciBusId;
+  }
+
+  get totalBytes(): number {
+    return this.#raw().totalBytes;
+  }
+
+  get memory(): GvmMemory {
+    return memoryOf(this.#raw());
+  }
+
+  get kernels(): GvmKernels {
+    return kernelsOf(this.#raw());
+  }
+
+  get compute(): GvmCompute {
+    const raw = this.#raw();
+    return { priority: raw.priority, frozen: raw.frozen };
+  }
+
+  get contexts(): number {
+    return this.#raw().contexts;
+  }
+
+  get allocations(): GvmAllocations {
+    const raw = this.#raw();
+    return { count: raw.allocCount, frees: raw.freeCount, failures: raw.allocFailures };
+  }
+
+  /** CLOCK_MONOTONIC ns of the agent's last publish for this GPU. */
+  get updatedNs(): bigint {
+    return this.#raw().updatedNs;
+  }
+
+  /** Every field at one moment, as plain data. */
+  snapshot(): GvmGpuSnapshot {
+    const raw = this.#raw();
+    return {
+      index: machineGpuIndex(this.#gpuOrder, raw.pciBusId) ?? raw.ordinal,
+      ordinal: raw.ordinal,
+      uuid: raw.uuid,
+      name: raw.name,
+      pciBusId: raw.pciBusId,
+      totalBytes: raw.totalBytes,
+      memory: memoryOf(raw),
+      kernels: kernelsOf(raw),
+      compute: { priority: raw.priority, frozen: raw.frozen },
+      contexts: raw.contexts,
+      allocations: { count: raw.allocCount, frees: raw.freeCount, failures: raw.allocFailures },
+    };
+  }
+
+  /** The RM objects the agent recorded (debug view), read consistently under the agent's seqlock. */
+  rm(): GvmRm {
+    const raw: NativeRm = this.#process._handle().rm(this.#slot);
+    return {
+      fd: raw.fd,
+      client: raw.client,
+      device: raw.device,
+      subdevice: raw.subdevice,
+      tsgs: raw.tsgs.map((t) => ({ ...t, engine: t.engineType === 1 ? 'compute' : 'copy' })),
+      channels: raw.channels.map((c) => ({ ...c })),
+    };
+  }
+
+  /**
+   * Sends one command to the agent for this GPU and waits for its answer. Resolves on OK; an agent
+   * refusal rejects with GvmError: INVALID -> EGVM_INVALID, UNSUPPORTED -> EGVM_UNSUPPORTED,
+   * NO_GPU -> EGVM_NOT_FOUND, DRIVER/BUSY -> EGVM_AGENT, no answer in time -> EGVM_TIMEOUT.
+   */
+  async command(key: number, value: bigint | number, options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
+    return this.#process._command(key, this.#slot, value, options);
+  }
+
+  /** Proves the agent's control thread answers; resolves with the round trip in milliseconds. */
+  async ping(options: GvmCommandOptions = {}): Promise<number> {
+    const start = process.hrtime.bigint();
+    await this.command(GvmKey.PING, 0n, options);
+    return Number(process.hrtime.bigint() - start) / 1e6;
+  }
+}
+
+function memoryOf(raw: NativeGpu): GvmMemory {
+  return {
+    current: raw.memoryCurrent,
+    limit: raw.memoryLimit,
+    swapCurrent: raw.memorySwapCurrent,
+    peak: raw.memoryPeak,
+    managed: raw.managedBytes,
+    host: raw.hostBytes,
+    mode: raw.memoryMode === 1 ? 'swap' : 'oom',
+  };
+}
+
+function kernelsOf(raw: NativeGpu): GvmKernels {
+  const pending = raw.kernelsSubmitted - raw.kernelsEnded;
+  return { submitted: raw.kernelsSubmitted, ended: raw.kernelsEnded, pending: pending > 0 ? pending : 0 };
+}
+
+/** One process running under the gvm agent: a mapping of its control block. */
+export class GvmProcess implements Disposable {
+  readonly #handle: NativeControlBlock;
+  readonly #gpus = new Map<number, GvmGpu>();
+  readonly #gpuOrder: readonly string[];
+
+  /** @internal */
+  constructor(handle: NativeControlBlock, gpuOrder: readonly string[]) {
+    this.#handle = handle;
+    this.#gpuOrder = gpuOrder;
+  }
+
+  /** @internal */
+  _handle(): NativeControlBlock {
+    return this.#handle;
+  }
+
+  get pid(): number {
+    return this.#handle.header().pid;
+  }
+
+  get uid(): number {
+    return this.#handle.header().uid;
+  }
+
+  /** The user name from /etc/passwd, or the uid as a string. */
+  get user(): string {
+    return userName(this.uid);
+  }
+
+  /** argv joined by spaces (truncated by the agent at 511 bytes). */
+  get command(): string {
+    return this.#handle.header().cmdline;
+  }
+
+  /** /proc/<pid>/stat field 22: clock ticks after boot. */
+  get startTime(): number {
+    return this.#handle.header().startTime;
+  }
+
+  get createdAt(): Date {
+    return new Date(this.#handle.header().createdUnixMs);
+  }
+
+  get agentState(): AgentState {
+    return AGENT_STATES[this.#handle.header().agentState] ?? 'unknown';
+  }
+
+  get agentVersion(): string {
+    return this.#handle.header().agentVersion;
+  }
+
+  /** cuDriverGetVersion(), e.g. 13000. */
+  get driverVersion(): number {
+    return this.#handle.header().driverVersion;
+  }
+
+  /** CLOCK_MONOTONIC ns, bumped by the agent's control thread on every tick. */
+  get heartbeatNs(): bigint {
+    return this.#handle.header().heartbeatNs;
+  }
+
+  /** Devices visible to the process (cuDeviceGetCount). */
+  get gpuCount(): number {
+    return this.#handle.header().gpuCount;
+  }
+
+  /** The GPUs the agent has published (present), by ordinal. */
+  get gpus(): GvmGpu[] {
+    const out: GvmGpu[] = [];
+    for (let slot = 0; slot < 16; slot++) {
+      if (this.#handle.gpu(slot).present) out.push(this.#gpu(slot));
+    }
+    return out;
+  }
+
+  #gpu(slot: number): GvmGpu {
+    let g = this.#gpus.get(slot);
+    if (g === undefined) {
+      g = new GvmGpu(this, slot, this.#gpuOrder);
+      this.#gpus.set(slot, g);
+    }
+    return g;
+  }
+
+  /** The GPU with this CUDA ordinal; EGVM_NOT_FOUND when the process has none. */
+  gpu(ordinal: number): GvmGpu {
+    if (!Number.isInteger(ordinal) || ordinal < 0) {
+      throw new GvmError(`invalid GPU ordinal ${String(ordinal)}`, 'EGVM_INVALID');
+    }
+    if (ordinal < 16 && this.#handle.gpu(ordinal).present) return this.#gpu(ordinal);
+    throw new GvmError(`process ${this.pid} has no GPU with ordinal ${ordinal}`, 'EGVM_NOT_FOUND');
+  }
+
+  /** The GPU with this machine-wide index (nvidia-smi's numbering); EGVM_NOT_FOUND when none. */
+  gpuByIndex(index: number): GvmGpu {
+    const g = this.gpus.find((x) => x.index === index);
+    if (g === undefined) throw new GvmError(`process ${this.pid} does not use GPU ${index}`, 'EGVM_NOT_FOUND');
+    return g;
+  }
+
+  /** Pings the agent through the first present GPU slot (slot 0 when none). */
+  async ping(options: GvmCommandOptions = {}): Promise<number> {
+    const first = this.gpus[0];
+    if (first !== undefined) return first.ping(options);
+    const start = process.hrtime.bigint();
+    await this._command(GvmKey.PING, 0, 0n, options);
+    return Number(process.hrtime.bigint() - start) / 1e6;
+  }
+
+  /** @internal */
+  async _command(key: number, slot: number, value: bigint | number, options: GvmCommandOptions): Promise<GvmCommandResult> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!Number.isInteger(key) || key < 0 || key > 0xffffffff) throw new GvmError(`invalid command key ${key}`, 'EGVM_INVALID');
+    if (typeof value === 'number') {
+      if (!Number.isSafeInteger(value) || value < 0) throw new GvmError(`invalid command value ${value}`, 'EGVM_INVALID');
+      value = BigInt(value);
+    }
+    if (value < 0n || value >= 1n << 64n) throw new GvmError(`invalid command value ${value}`, 'EGVM_INVALID');
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0) throw new GvmError(`invalid timeoutMs ${timeoutMs}`, 'EGVM_INVALID');
+    const pid = this.pid;
+    const result = await this.#handle.command(key, slot, value, timeoutMs);
+    const code = codeForStatus(result.status);
+    if (code !== undefined) {
+      const detail = result.message !== '' ? result.message : statusName(result.status);
+      throw new GvmError(`process ${pid} GPU ${slot}: ${keyName(key)} ${value}: ${detail}`, code, {
+        status: result.status,
+        agentMessage: result.message,
+      });
+    }
+    return { status: result.status, message: result.message, seq: result.seq };
+  }
+
+  get closed(): boolean {
+    return this.#handle.closed;
+  }
+
+  /** Unmaps the block. Idempotent; any later read throws EGVM_CLOSED. */
+  close(): void {
+    this.#handle.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Opens a block writable when we may (so commands work), else read-only. */
+function openBlock(file: string): NativeControlBlock {
+  const { ControlBlock } = native();
+  try {
+    return ControlBlock.open(file, true);
+  } catch (e) {
+    if (isGvmError(e, 'EGVM_PERMISSION')) return ControlBlock.open(file, false);
+    throw e;
+  }
+}
+
+/** Whether the block's process still runs: same pid, same /proc start time. */
+function isLive(handle: NativeControlBlock, pid: number): boolean {
+  const header = handle.header();
+  if (header.pid !== pid) return false;
+  const start = native().processStartTime(pid);
+  return start !== null && start === header.startTime;
+}
+
+async function removeStale(file: string): Promise<void> {
+  try {
+    await fs.promises.unlink(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw e;
+  }
+}
+
+export class Gvm {
+  private constructor() {}
+
+  /**
+   * Every live process with a control block. Blocks of dead processes (or of an earlier process
+   * with the same pid) are removed when we may and skipped; blocks we cannot read (other users'),
+   * half-written or of another version are skipped.
+   */
+  static async processes(options: GvmOptions = {}): Promise<GvmProcess[]> {
+    const dir = options.shmDir ?? shmDir();
+    let names: string[];
+    try {
+      names = await fs.promises.readdir(dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+      throw new GvmError(`cannot list ${dir}: ${(e as Error).message}`, code === 'EACCES' ? 'EGVM_PERMISSION' : 'EGVM_IO', { cause: e });
+    }
+    const gpuOrder = machineGpuOrder();
+    const out: GvmProcess[] = [];
+    const pids = names.filter((n) => /^[1-9]\d*$/.test(n)).map(Number).sort((a, b) => a - b);
+    for (const pid of pids) {
+      const file = blockPath(dir, pid);
+      let handle: NativeControlBlock;
+      try {
+        handle = openBlock(file);
+      } catch (e) {
+        if (isGvmError(e) && ['EGVM_PERMISSION', 'EGVM_NOT_FOUND', 'EGVM_VERSION', 'EGVM_INVALID'].includes(e.code)) continue;
+        throw e;
+      }
+      if (!isLive(handle, pid)) {
+        handle.close();
+        await removeStale(file);
+        continue;
+      }
+      out.push(new GvmProcess(handle, gpuOrder));
+    }
+    return out;
+  }
+
+  /**
+   * The process with this pid. EGVM_NOT_FOUND when it has no block (or only a stale one, which is
+   * removed), EGVM_PERMISSION when the block is another user's, EGVM_VERSION when it is not readable.
+   */
+  static async process(pid: number, options: GvmOptions = {}): Promise<GvmProcess> {
+    if (!Number.isInteger(pid) || pid <= 0) throw new GvmError(`invalid pid ${String(pid)}`, 'EGVM_INVALID');
+    const dir = options.shmDir ?? shmDir();
+    const file = blockPath(dir, pid);
+    let handle: NativeControlBlock;
+    try {
+      handle = openBlock(file);
+    } catch (e) {
+      if (isGvmError(e, 'EGVM_NOT_FOUND')) {
+        throw new GvmError(`no gvm process ${pid} (no control block in ${dir})`, 'EGVM_NOT_FOUND', { cause: e });
+      }
+      if (isGvmError(e, 'EGVM_PERMISSION')) {
+        throw new GvmError(`process ${pid} belongs to another user (${file}: permission denied)`, 'EGVM_PERMISSION', { cause: e });
+      }
+      throw e;
+    }
+    if (!isLive(handle, pid)) {
+      handle.close();
+      await removeStale(file);
+      throw new GvmError(`no gvm process ${pid} (its control block was stale and has been removed)`, 'EGVM_NOT_FOUND');
+    }
+    return new GvmProcess(handle, machineGpuOrder());
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * Loads the N-API addon (gvm.node) once, lazily, and hands it the GvmError class.
+ * $GVM_ADDON_PATH overrides the search; otherwise node-gyp-build looks in prebuilds/ and build/.
+ */
+import * as path from 'node:path';
+
+import { GvmError } from './errors';
+import { packageRoot } from './paths';
+
+/** Header fields of a control block. 64-bit fields are numbers, except nanosecond clocks (bigint). */
+export interface NativeHeader {
+  versionMajor: number;
+  versionMinor: number;
+  size: number;
+  gpuBlockSize: number;
+  pid: number;
+  uid: number;
+  /** /proc/<pid>/stat field 22 of the process (clock ticks after boot). */
+  startTime: number;
+  createdUnixMs: number;
+  /** CLOCK_MONOTONIC nanoseconds: a bigint, as it passes 2^53 after 104 days of uptime. */
+  heartbeatNs: bigint;
+  agentState: number;
+  gpuCount: number;
+  driverVersion: number;
+  flags: number;
+  agentVersion: string;
+  cmdline: string;
+}
+
+export interface NativeGpu {
+  present: boolean;
+  ordinal: number;
+  uuid: string;
+  pciBusId: string;
+  name: string;
+  totalBytes: number;
+  memoryLimit: number;
+  memoryMode: number;
+  priority: number;
+  frozen: boolean;
+  contexts: number;
+  memoryCurrent: number;
+  memorySwapCurrent: number;
+  memoryPeak: number;
+  managedBytes: number;
+  hostBytes: number;
+  kernelsSubmitted: number;
+  kernelsEnded: number;
+  allocCount: number;
+  freeCount: number;
+  allocFailures: number;
+  updatedNs: bigint;
+}
+
+export interface NativeTsg {
+  handle: number;
+  engineType: number;
+  channelCount: number;
+  parent: number;
+  timesliceUs: number;
+}
+
+export interface NativeChannel {
+  handle: number;
+  tsg: number;
+  classId: number;
+}
+
+export interface NativeRm {
+  fd: number;
+  client: number;
+  device: number;
+  subdevice: number;
+  tsgs: NativeTsg[];
+  channels: NativeChannel[];
+}
+
+export interface NativeCommandResult {
+  status: number;
+  message: string;
+  seq: number;
+}
+
+export interface NativeControlBlock {
+  header(): NativeHeader;
+  gpu(index: number): NativeGpu;
+  rm(index: number): NativeRm;
+  command(key: number, gpu: number, value: bigint, timeoutMs: number): Promise<NativeCommandResult>;
+  close(): void;
+  readonly closed: boolean;
+  readonly writable: boolean;
+  readonly path: string;
+}
+
+export interface NativeControlBlockClass {
+  open(path: string, writable: boolean): NativeControlBlock;
+}
+
+export type NativeLayout = Record<string, Record<string, number>>;
+
+export interface NativeAddon {
+  ControlBlock: NativeControlBlockClass;
+  setErrorClass(cls: typeof GvmError): void;
+  layout(): NativeLayout;
+  processStartTime(pid: number): number | null;
+}
+
+let addon: NativeAddon | undefined;
+
+function loadFrom(): { addon: NativeAddon; tried: string[] } {
+  const override = process.env.GVM_ADDON_PATH;
+  if (override !== undefined && override !== '') {
+    const file = path.resolve(override);
+    return { addon: require(file) as NativeAddon, tried: [file] };
+  }
+  // node-gyp-build: prebuilds/<platform>-<arch>/*.node (matching napi tags), build/Release, build/Debug.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const load = require('node-gyp-build') as (dir: string) => unknown;
+  return { addon: load(packageRoot) as NativeAddon, tried: [] };
+}
+
+/** The addon, loaded on first use. Throws GvmError EGVM_IO listing what was tried and how to fix it. */
+export function native(): NativeAddon {
+  if (addon !== undefined) return addon;
+  let loaded: NativeAddon;
+  try {
+    loaded = loadFrom().addon;
+  } catch (e) {
+    const override = process.env.GVM_ADDON_PATH;
+    const tried =
+      override !== undefined && override !== ''
+        ? [`GVM_ADDON_PATH=${path.resolve(override)}`]
+        : [
+            path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, '*.node'),
+            path.join(packageRoot, 'build', 'Release', '*.node'),
+            path.join(packageRoot, 'build', 'Debug', '*.node'),
+          ];
+    throw new GvmError(
+      `cannot load the gvm native addon (${(e as Error).message.split('\n')[0]}); tried:\n  ${tried.join('\n  ')}\n` +
+        'Fix: run `npm rebuild gvm` (needs cmake, g++ and make), or build it in a checkout with ' +
+        '`npx cmake-js rebuild`, or set GVM_ADDON_PATH to a built gvm.node.',
+      'EGVM_IO',
+      { cause: e },
+    );
+  }
+  loaded.setErrorClass(GvmError);
+  addon = loaded;
+  return addon;
+}

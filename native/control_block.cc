@@ -1,0 +1,505 @@
+// ControlBlock: one mapping of one control block file (GVM_SHM_DIR/<pid>).
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <chrono>
+#include <mutex>
+
+#include "addon.h"
+#include "gvm/control_block.h"
+
+namespace gvm {
+namespace {
+
+constexpr size_t kHeaderSize = offsetof(struct gvm_control_block, gpu);
+constexpr int kSeqlockSpins = 1000;    // tight retries before sleeping
+constexpr int64_t kSeqlockMaxMs = 100;  // an agent never holds rm_seq odd this long
+
+// What open() produced, handed to the constructor through an External.
+struct Opened {
+  int fd;
+  void* map;
+  size_t length;
+  bool writable;
+  std::string path;
+};
+
+std::string Hex32(uint32_t v) {
+  char buf[16];
+  snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+// A fixed-size char field written by another process: copy, stop at the first NUL.
+std::string FixedString(const char* field, size_t max) {
+  char tmp[GVM_CMDLINE_MAX + 1];
+  if (max > GVM_CMDLINE_MAX) max = GVM_CMDLINE_MAX;
+  memcpy(tmp, field, max);
+  tmp[max] = '\0';
+  return std::string(tmp, strnlen(tmp, max));
+}
+
+std::string UuidString(const uint8_t* u) {
+  char buf[48];
+  snprintf(buf, sizeof buf, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+           u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  return buf;
+}
+
+int64_t MonotonicMs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+long Futex(uint32_t* addr, int op, uint32_t val, const struct timespec* timeout) {
+  // Shared futexes (no FUTEX_PRIVATE_FLAG): the block is MAP_SHARED between processes.
+  return syscall(SYS_futex, addr, op, val, timeout, nullptr, 0);
+}
+
+// The command "baton": everything the worker thread touches. No N-API inside.
+struct CommandBaton {
+  // inputs
+  struct gvm_control_block* cb = nullptr;
+  int fd = -1;
+  std::timed_mutex* handleLock = nullptr;  // flock does not serialise commands sharing one fd
+  uint32_t key = 0;
+  uint32_t gpu = 0;
+  uint64_t value = 0;
+  int64_t timeoutMs = 0;
+  // outputs
+  int32_t status = GVM_STATUS_OK;
+  uint32_t seq = 0;
+  std::string message;
+  int err = 0;  // errno of a failed system call (then errWhat names it)
+  const char* errWhat = nullptr;
+};
+
+void SleepMs(int64_t ms) {
+  struct timespec ts = {static_cast<time_t>(ms / 1000), static_cast<long>((ms % 1000) * 1000000)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+void RunCommand(CommandBaton* b) {
+  const int64_t deadline = MonotonicMs() + b->timeoutMs;
+  struct gvm_command* cmd = &b->cb->command;
+
+  // 0. Commands on this handle share its fd (one flock owner): take turns inside the process first.
+  std::unique_lock<std::timed_mutex> handleLock(*b->handleLock, std::defer_lock);
+  if (!handleLock.try_lock_for(std::chrono::milliseconds(b->timeoutMs))) {
+    b->status = GVM_STATUS_TIMEOUT;
+    b->message = "timed out waiting for an earlier command on this handle";
+    return;
+  }
+
+  // 1. Serialise with other controllers: flock with a timeout (LOCK_NB and short sleeps).
+  for (;;) {
+    if (flock(b->fd, LOCK_EX | LOCK_NB) == 0) break;
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK) {
+      b->err = errno;
+      b->errWhat = "flock";
+      return;
+    }
+    int64_t left = deadline - MonotonicMs();
+    if (left <= 0) {
+      b->status = GVM_STATUS_TIMEOUT;
+      b->message = "timed out waiting for another controller to release the block";
+      return;
+    }
+    SleepMs(left < 2 ? left : 2);
+  }
+
+  // 2. Fill the mailbox, publish seq (release), wake the agent's control thread.
+  GVM_STORE(&cmd->key, b->key);
+  GVM_STORE(&cmd->gpu, b->gpu);
+  GVM_STORE(&cmd->value, b->value);
+  const uint32_t seq = __atomic_add_fetch(&cmd->seq, 1u, __ATOMIC_ACQ_REL);
+  b->seq = seq;
+  Futex(&cmd->seq, FUTEX_WAKE, INT_MAX, nullptr);
+
+  // 3. Wait for applied_seq == seq, or the deadline.
+  bool answered = false;
+  for (;;) {
+    uint32_t applied = GVM_LOAD(&cmd->applied_seq);
+    if (applied == seq) {
+      answered = true;
+      break;
+    }
+    int64_t left = deadline - MonotonicMs();
+    if (left <= 0) break;
+    struct timespec ts = {static_cast<time_t>(left / 1000), static_cast<long>((left % 1000) * 1000000)};
+    Futex(&cmd->applied_seq, FUTEX_WAIT, applied, &ts);  // EAGAIN, EINTR, ETIMEDOUT: re-check
+  }
+
+  if (answered) {
+    b->status = GVM_LOAD(&cmd->status);
+    char msg[GVM_MESSAGE_MAX + 1];
+    memcpy(msg, cmd->message, GVM_MESSAGE_MAX);
+    msg[GVM_MESSAGE_MAX] = '\0';
+    b->message.assign(msg, strnlen(msg, GVM_MESSAGE_MAX));
+  } else {
+    b->status = GVM_STATUS_TIMEOUT;
+    b->message = "the agent did not answer within " + std::to_string(b->timeoutMs) + " ms";
+  }
+  flock(b->fd, LOCK_UN);
+}
+
+class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "ControlBlock",
+                       {
+                           StaticMethod<&ControlBlock::Open>("open"),
+                           InstanceMethod<&ControlBlock::Header>("header"),
+                           InstanceMethod<&ControlBlock::Gpu>("gpu"),
+                           InstanceMethod<&ControlBlock::Rm>("rm"),
+                           InstanceMethod<&ControlBlock::Command>("command"),
+                           InstanceMethod<&ControlBlock::Close>("close"),
+                           InstanceAccessor<&ControlBlock::Closed>("closed"),
+                           InstanceAccessor<&ControlBlock::Writable>("writable"),
+                           InstanceAccessor<&ControlBlock::Path>("path"),
+                       });
+  }
+
+  explicit ControlBlock(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ControlBlock>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal()) {
+      Throw(info.Env(), kInvalid, "ControlBlock: use ControlBlock.open(path, writable)");
+    }
+    Opened* o = info[0].As<Napi::External<Opened>>().Data();
+    fd_ = o->fd;
+    map_ = o->map;
+    length_ = o->length;
+    writable_ = o->writable;
+    path_ = o->path;
+  }
+
+  ~ControlBlock() override { Release(); }
+
+  // Called on the main thread when a command worker finishes.
+  void CommandDone() {
+    inflight_--;
+    if (closed_ && inflight_ == 0) Release();
+  }
+
+ private:
+  static Napi::Value Open(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string path = ArgString(info, 0, "ControlBlock.open", "path");
+    bool writable = ArgBool(info, 1, "ControlBlock.open", "writable");
+
+    int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) ThrowErrno(env, errno, "open " + path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      int err = errno;
+      close(fd);
+      ThrowErrno(env, err, "fstat " + path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      close(fd);
+      Throw(env, kInvalid, path + " is not a regular file");
+    }
+    if (static_cast<uint64_t>(st.st_size) < kHeaderSize) {
+      close(fd);
+      Throw(env, kVersion,
+            path + " is not a gvm control block: " + std::to_string(st.st_size) + " bytes, smaller than the " +
+                std::to_string(kHeaderSize) + "-byte header");
+    }
+    size_t length = static_cast<size_t>(st.st_size);
+    void* map = mmap(nullptr, length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+      int err = errno;
+      close(fd);
+      ThrowErrno(env, err, "mmap " + path);
+    }
+    auto fail = [&](const std::string& message) {
+      munmap(map, length);
+      close(fd);
+      Throw(env, kVersion, path + ": " + message);
+    };
+    auto* cb = static_cast<struct gvm_control_block*>(map);
+    uint32_t magic = GVM_LOAD(&cb->magic);
+    if (magic != GVM_CB_MAGIC) {
+      fail("bad magic " + Hex32(magic) + ", expected " + Hex32(GVM_CB_MAGIC) + " (\"GVMC\")");
+    }
+    uint16_t major = GVM_LOAD(&cb->version_major);
+    uint16_t minor = GVM_LOAD(&cb->version_minor);
+    if (major != GVM_CB_VERSION_MAJOR) {
+      fail("control block version " + std::to_string(major) + "." + std::to_string(minor) + ", expected " +
+           std::to_string(GVM_CB_VERSION_MAJOR) + ".x");
+    }
+    uint32_t size = GVM_LOAD(&cb->size);
+    uint32_t gpuBlockSize = GVM_LOAD(&cb->gpu_block_size);
+    if (size != sizeof(struct gvm_control_block) || gpuBlockSize != sizeof(struct gvm_gpu_block)) {
+      fail("size fields " + std::to_string(size) + "/" + std::to_string(gpuBlockSize) + ", expected " +
+           std::to_string(sizeof(struct gvm_control_block)) + "/" + std::to_string(sizeof(struct gvm_gpu_block)));
+    }
+    if (length < size) {
+      fail("file is " + std::to_string(length) + " bytes, the block says " + std::to_string(size));
+    }
+
+    Opened opened{fd, map, length, writable, path};
+    AddonData* data = Data(env);
+    try {
+      return data->controlBlockClass.New({Napi::External<Opened>::New(env, &opened)});
+    } catch (...) {
+      munmap(map, length);
+      close(fd);
+      throw;
+    }
+  }
+
+  struct gvm_control_block* Block(Napi::Env env) {
+    if (closed_ || map_ == nullptr) Throw(env, kClosed, "control block " + path_ + " is closed");
+    return static_cast<struct gvm_control_block*>(map_);
+  }
+
+  uint32_t GpuIndex(const Napi::CallbackInfo& info, const char* fn) {
+    return ArgU32(info, 0, fn, "gpu", GVM_MAX_GPUS - 1);
+  }
+
+  Napi::Value Header(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct gvm_control_block* cb = Block(env);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("versionMajor", Napi::Number::New(env, GVM_LOAD(&cb->version_major)));
+    o.Set("versionMinor", Napi::Number::New(env, GVM_LOAD(&cb->version_minor)));
+    o.Set("size", Napi::Number::New(env, GVM_LOAD(&cb->size)));
+    o.Set("gpuBlockSize", Napi::Number::New(env, GVM_LOAD(&cb->gpu_block_size)));
+    o.Set("pid", Napi::Number::New(env, GVM_LOAD(&cb->pid)));
+    o.Set("uid", Napi::Number::New(env, GVM_LOAD(&cb->uid)));
+    o.Set("startTime", U64Number(env, GVM_LOAD(&cb->start_time)));
+    o.Set("createdUnixMs", U64Number(env, GVM_LOAD(&cb->created_unix_ms)));
+    o.Set("heartbeatNs", Napi::BigInt::New(env, static_cast<uint64_t>(GVM_LOAD(&cb->heartbeat_ns))));
+    o.Set("agentState", Napi::Number::New(env, GVM_LOAD(&cb->agent_state)));
+    o.Set("gpuCount", Napi::Number::New(env, GVM_LOAD(&cb->gpu_count)));
+    o.Set("driverVersion", Napi::Number::New(env, GVM_LOAD(&cb->driver_version)));
+    o.Set("flags", Napi::Number::New(env, GVM_LOAD(&cb->flags)));
+    o.Set("agentVersion", FixedString(cb->agent_version, sizeof cb->agent_version));
+    o.Set("cmdline", FixedString(cb->cmdline, sizeof cb->cmdline));
+    return o;
+  }
+
+  Napi::Value Gpu(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct gvm_control_block* cb = Block(env);
+    const struct gvm_gpu_block* g = &cb->gpu[GpuIndex(info, "ControlBlock.gpu")];
+    uint8_t uuid[16];
+    memcpy(uuid, g->uuid, sizeof uuid);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("present", Napi::Boolean::New(env, GVM_LOAD(&g->present) != 0));
+    o.Set("ordinal", Napi::Number::New(env, GVM_LOAD(&g->ordinal)));
+    o.Set("uuid", UuidString(uuid));
+    o.Set("pciBusId", FixedString(g->pci_bus_id, sizeof g->pci_bus_id));
+    o.Set("name", FixedString(g->name, sizeof g->name));
+    o.Set("totalBytes", U64Number(env, GVM_LOAD(&g->total_bytes)));
+    o.Set("memoryLimit", U64Number(env, GVM_LOAD(&g->memory_limit)));
+    o.Set("memoryMode", Napi::Number::New(env, GVM_LOAD(&g->memory_mode)));
+    o.Set("priority", Napi::Number::New(env, GVM_LOAD(&g->priority)));
+    o.Set("frozen", Napi::Boolean::New(env, GVM_LOAD(&g->frozen) != 0));
+    o.Set("contexts", Napi::Number::New(env, GVM_LOAD(&g->contexts)));
+    o.Set("memoryCurrent", U64Number(env, GVM_LOAD(&g->memory_current)));
+    o.Set("memorySwapCurrent", U64Number(env, GVM_LOAD(&g->memory_swap_current)));
+    o.Set("memoryPeak", U64Number(env, GVM_LOAD(&g->memory_peak)));
+    o.Set("managedBytes", U64Number(env, GVM_LOAD(&g->managed_bytes)));
+    o.Set("hostBytes", U64Number(env, GVM_LOAD(&g->host_bytes)));
+    o.Set("kernelsSubmitted", U64Number(env, GVM_LOAD(&g->kernels_submitted)));
+    o.Set("kernelsEnded", U64Number(env, GVM_LOAD(&g->kernels_ended)));
+    o.Set("allocCount", U64Number(env, GVM_LOAD(&g->alloc_count)));
+    o.Set("freeCount", U64Number(env, GVM_LOAD(&g->free_count)));
+    o.Set("allocFailures", U64Number(env, GVM_LOAD(&g->alloc_failures)));
+    o.Set("updatedNs", Napi::BigInt::New(env, static_cast<uint64_t>(GVM_LOAD(&g->updated_ns))));
+    return o;
+  }
+
+  // The RM tables, read under the rm_seq seqlock (retry while odd or changed).
+  Napi::Value Rm(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct gvm_control_block* cb = Block(env);
+    const struct gvm_gpu_block* g = &cb->gpu[GpuIndex(info, "ControlBlock.rm")];
+    struct {
+      int32_t fd;
+      uint32_t client, device, subdevice, tsgCount, channelCount;
+      struct gvm_tsg_info tsg[GVM_MAX_TSGS];
+      struct gvm_channel_info channel[GVM_MAX_CHANNELS];
+    } s{};
+    bool stable = false;
+    const int64_t deadline = MonotonicMs() + kSeqlockMaxMs;
+    for (int attempt = 0; !stable; attempt++) {
+      if (attempt >= kSeqlockSpins) {
+        if (MonotonicMs() >= deadline) break;
+        SleepMs(1);
+      }
+      uint32_t before = GVM_LOAD(&g->rm_seq);
+      if (before & 1u) continue;
+      s.fd = __atomic_load_n(&g->rm_fd, __ATOMIC_RELAXED);
+      s.client = __atomic_load_n(&g->rm_client, __ATOMIC_RELAXED);
+      s.device = __atomic_load_n(&g->rm_device, __ATOMIC_RELAXED);
+      s.subdevice = __atomic_load_n(&g->rm_subdevice, __ATOMIC_RELAXED);
+      s.tsgCount = __atomic_load_n(&g->tsg_count, __ATOMIC_RELAXED);
+      s.channelCount = __atomic_load_n(&g->channel_count, __ATOMIC_RELAXED);
+      if (s.tsgCount > GVM_MAX_TSGS) s.tsgCount = GVM_MAX_TSGS;
+      if (s.channelCount > GVM_MAX_CHANNELS) s.channelCount = GVM_MAX_CHANNELS;
+      for (uint32_t i = 0; i < s.tsgCount; i++) {
+        s.tsg[i].handle = __atomic_load_n(&g->tsg[i].handle, __ATOMIC_RELAXED);
+        s.tsg[i].engine_type = __atomic_load_n(&g->tsg[i].engine_type, __ATOMIC_RELAXED);
+        s.tsg[i].channel_count = __atomic_load_n(&g->tsg[i].channel_count, __ATOMIC_RELAXED);
+        s.tsg[i].parent = __atomic_load_n(&g->tsg[i].parent, __ATOMIC_RELAXED);
+        s.tsg[i].timeslice_us = __atomic_load_n(&g->tsg[i].timeslice_us, __ATOMIC_RELAXED);
+      }
+      for (uint32_t i = 0; i < s.channelCount; i++) {
+        s.channel[i].handle = __atomic_load_n(&g->channel[i].handle, __ATOMIC_RELAXED);
+        s.channel[i].tsg = __atomic_load_n(&g->channel[i].tsg, __ATOMIC_RELAXED);
+        s.channel[i].class_id = __atomic_load_n(&g->channel[i].class_id, __ATOMIC_RELAXED);
+      }
+      __atomic_thread_fence(__ATOMIC_ACQUIRE);
+      stable = __atomic_load_n(&g->rm_seq, __ATOMIC_RELAXED) == before;
+    }
+    if (!stable) Throw(env, kTimeout, "the agent kept rewriting the RM tables of " + path_);
+
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("fd", Napi::Number::New(env, s.fd));
+    o.Set("client", Napi::Number::New(env, s.client));
+    o.Set("device", Napi::Number::New(env, s.device));
+    o.Set("subdevice", Napi::Number::New(env, s.subdevice));
+    Napi::Array tsgs = Napi::Array::New(env, s.tsgCount);
+    for (uint32_t i = 0; i < s.tsgCount; i++) {
+      Napi::Object t = Napi::Object::New(env);
+      t.Set("handle", Napi::Number::New(env, s.tsg[i].handle));
+      t.Set("engineType", Napi::Number::New(env, s.tsg[i].engine_type));
+      t.Set("channelCount", Napi::Number::New(env, s.tsg[i].channel_count));
+      t.Set("parent", Napi::Number::New(env, s.tsg[i].parent));
+      t.Set("timesliceUs", U64Number(env, s.tsg[i].timeslice_us));
+      tsgs.Set(i, t);
+    }
+    o.Set("tsgs", tsgs);
+    Napi::Array channels = Napi::Array::New(env, s.channelCount);
+    for (uint32_t i = 0; i < s.channelCount; i++) {
+      Napi::Object c = Napi::Object::New(env);
+      c.Set("handle", Napi::Number::New(env, s.channel[i].handle));
+      c.Set("tsg", Napi::Number::New(env, s.channel[i].tsg));
+      c.Set("classId", Napi::Number::New(env, s.channel[i].class_id));
+      channels.Set(i, c);
+    }
+    o.Set("channels", channels);
+    return o;
+  }
+
+  Napi::Value Command(const Napi::CallbackInfo& info);
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    closed_ = true;
+    if (inflight_ == 0) Release();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Closed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), closed_); }
+  Napi::Value Writable(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), writable_); }
+  Napi::Value Path(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), path_); }
+
+  void Release() {
+    if (map_ != nullptr) {
+      munmap(map_, length_);
+      map_ = nullptr;
+    }
+    if (fd_ >= 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+
+  friend class CommandWorker;
+
+  int fd_ = -1;
+  void* map_ = nullptr;
+  size_t length_ = 0;
+  bool writable_ = false;
+  bool closed_ = false;
+  int inflight_ = 0;  // command workers using the mapping; close() defers the unmap until 0
+  std::timed_mutex commandLock_;
+  std::string path_;
+};
+
+class CommandWorker : public Napi::AsyncWorker {
+ public:
+  CommandWorker(Napi::Env env, ControlBlock* owner, Napi::Object ownerObject, const CommandBaton& baton)
+      : Napi::AsyncWorker(env, "gvm:command"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(owner),
+        ownerRef_(Napi::Persistent(ownerObject)),  // keeps the mapping alive while we run
+        baton_(baton) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { RunCommand(&baton_); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    owner_->CommandDone();
+    if (baton_.err != 0) {
+      deferred_.Reject(MakeError(env, CodeForErrno(baton_.err),
+                                 std::string(baton_.errWhat) + " " + owner_->path_ + ": " + ErrnoText(baton_.err))
+                           .Value());
+      return;
+    }
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("status", Napi::Number::New(env, baton_.status));
+    r.Set("message", Napi::String::New(env, baton_.message));
+    r.Set("seq", Napi::Number::New(env, baton_.seq));
+    deferred_.Resolve(r);
+  }
+
+  void OnError(const Napi::Error& e) override {
+    owner_->CommandDone();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ControlBlock* owner_;
+  Napi::ObjectReference ownerRef_;
+  CommandBaton baton_;
+};
+
+Napi::Value ControlBlock::Command(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "ControlBlock.command";
+  struct gvm_control_block* cb = Block(env);
+  CommandBaton b;
+  b.key = ArgU32(info, 0, fn, "key");
+  b.gpu = ArgU32(info, 1, fn, "gpu", GVM_MAX_GPUS - 1);
+  b.value = ArgU64(info, 2, fn, "value");
+  b.timeoutMs = ArgU32(info, 3, fn, "timeoutMs", 24u * 3600u * 1000u);
+  if (!writable_) Throw(env, kPermission, "control block " + path_ + " was opened read-only");
+  b.cb = cb;
+  b.fd = fd_;
+  b.handleLock = &commandLock_;
+  auto* worker = new CommandWorker(env, this, Value(), b);  // deletes itself after OnOK/OnError
+  inflight_++;
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+}  // namespace
+
+Napi::Function InitControlBlock(Napi::Env env, AddonData* data) {
+  Napi::Function ctor = ControlBlock::Define(env);
+  data->controlBlockClass = Napi::Persistent(ctor);
+  return ctor;
+}
+
+}  // namespace gvm

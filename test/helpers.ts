@@ -1,0 +1,106 @@
+// Shared by the test files: paths of the built artefacts, temporary block directories, the
+// gvm-make-block tool (test/tools/make-block.c) and the built CLI.
+import { ChildProcess, spawn, spawnSync, SpawnSyncReturns } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '..');
+export const RELEASE = path.join(ROOT, 'build', 'Release');
+export const MAKE_BLOCK = path.join(RELEASE, 'gvm-make-block');
+export const NOOP_PRELOAD = path.join(RELEASE, 'libgvm-test-noop.so');
+export const CLI = path.join(ROOT, 'dist', 'cli', 'gvm.js');
+export const DIST = path.join(ROOT, 'dist', 'index.js');
+
+interface Teardown {
+  teardown(fn: () => void | Promise<void>): void;
+}
+
+/** A fresh block directory (mode 0755, so other users may look in), removed after the test. */
+export function tmpShm(t: Teardown): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-test-'));
+  fs.chmodSync(dir, 0o755);
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** /proc/<pid>/stat field 22, as the agent records it. */
+export function startTime(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+}
+
+/** A pid that existed a moment ago and has exited (reaped). */
+export function deadPid(): number {
+  const r = spawnSync('true');
+  if (r.pid === undefined) throw new Error('cannot spawn true');
+  return r.pid;
+}
+
+/** Runs gvm-make-block; fields like "gpu0.present=1". Throws on failure. */
+export function makeBlock(file: string, fields: Record<string, string | number> = {}): void {
+  const args = [file, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)];
+  const r = spawnSync(MAKE_BLOCK, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`gvm-make-block ${args.join(' ')} failed: ${r.stderr}${r.error ?? ''}`);
+}
+
+/** A block for a live process (ours by default) with one present GPU and typical values. */
+export function liveBlock(dir: string, pid = process.pid, extra: Record<string, string | number> = {}): string {
+  const file = path.join(dir, String(pid));
+  makeBlock(file, {
+    pid,
+    start_time: startTime(pid),
+    gpu_count: 1,
+    cmdline: 'python train.py --epochs 3',
+    'gpu0.present': 1,
+    'gpu0.name': 'NVIDIA H100 80GB HBM3',
+    'gpu0.pci': '0000:41:00.0',
+    'gpu0.uuid': '6b5e1a7c2f3d4e8f9a0b1c2d3e4f5a6b',
+    'gpu0.total': 85899345920,
+    'gpu0.limit': 8589934592,
+    'gpu0.current': 1073741824,
+    'gpu0.submitted': 1000,
+    'gpu0.ended': 990,
+    'gpu0.priority': 8,
+    ...extra,
+  });
+  return file;
+}
+
+/** Starts gvm-make-block --serve (a stand-in agent); resolves once it waits for commands. */
+export async function serveBlock(t: Teardown, file: string, fields: Record<string, string | number>): Promise<ChildProcess> {
+  const args = [file, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`), '--serve'];
+  const child = spawn(MAKE_BLOCK, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGTERM');
+  });
+  await new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('ready\n')) resolve();
+    });
+    child.on('exit', (code) => reject(new Error(`gvm-make-block --serve exited with ${code}`)));
+    child.on('error', reject);
+  });
+  return child;
+}
+
+/** Runs the built CLI synchronously. */
+export function gvm(args: string[], env: NodeJS.ProcessEnv = {}, input?: string): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    input,
+    timeout: 30000,
+  });
+}
+
+/** Runs a small CommonJS script in a fresh node (for GC, worker and other-user checks). */
+export function nodeScript(code: string, options: { args?: string[]; env?: NodeJS.ProcessEnv } = {}): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [...(options.args ?? []), '-e', code], {
+    encoding: 'utf8',
+    env: { ...process.env, ...options.env },
+    timeout: 60000,
+  });
+}
