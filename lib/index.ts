@@ -55,10 +55,27 @@ export interface GvmKernels {
   pending: number;
 }
 
+/** How compute control reaches the GPU: RM controls on the process's channels, or the software fallback. */
+export type ComputeControlMode = 'none' | 'rm' | 'software';
+const CONTROL_MODES: readonly ComputeControlMode[] = ['none', 'rm', 'software'];
+
 export interface GvmCompute {
   /** 0..15, lower is more important; 8 is the driver's default. */
   priority: number;
   frozen: boolean;
+  mode: ComputeControlMode;
+}
+
+function computeOf(raw: NativeGpu): GvmCompute {
+  return { priority: raw.priority, frozen: raw.frozen, mode: CONTROL_MODES[raw.controlMode] ?? 'none' };
+}
+
+/** Checks a compute.priority value: an integer 0..15, else EGVM_INVALID (nothing is sent). */
+export function checkPriority(value: unknown): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 15) {
+    throw new GvmError(`compute.priority must be an integer 0..15, not ${String(value)}`, 'EGVM_INVALID');
+  }
+  return value;
 }
 
 export interface GvmAllocations {
@@ -185,8 +202,31 @@ export class GvmGpu {
   }
 
   get compute(): GvmCompute {
-    const raw = this.#raw();
-    return { priority: raw.priority, frozen: raw.frozen };
+    return computeOf(this.#raw());
+  }
+
+  /** Sets the compute priority (the timeslice of every channel group); resolves once the agent applied it. */
+  async setPriority(priority: number, options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
+    return this.command(GvmKey.COMPUTE_PRIORITY, checkPriority(priority), options);
+  }
+
+  /** Stops the process's GPU work on this GPU; resolves once the GPU stopped running it. */
+  async freeze(options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
+    return this.command(GvmKey.COMPUTE_FREEZE, 1, options);
+  }
+
+  /** Lets a frozen process run again; nothing was lost while it was frozen. */
+  async thaw(options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
+    return this.command(GvmKey.COMPUTE_FREEZE, 0, options);
+  }
+
+  /** Sets memory.limit in bytes (1 .. the GPU's size), else EGVM_INVALID. */
+  async setMemoryLimit(bytes: number | bigint, options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
+    const n = typeof bytes === 'bigint' ? bytes : Number.isInteger(bytes) ? BigInt(bytes) : -1n;
+    if (n < 1n || n > BigInt(this.totalBytes)) {
+      throw new GvmError(`memory.limit must be 1..${this.totalBytes} bytes, not ${String(bytes)}`, 'EGVM_INVALID');
+    }
+    return this.command(GvmKey.MEMORY_LIMIT, n, options);
   }
 
   get contexts(): number {
@@ -215,7 +255,7 @@ export class GvmGpu {
       totalBytes: raw.totalBytes,
       memory: memoryOf(raw),
       kernels: kernelsOf(raw),
-      compute: { priority: raw.priority, frozen: raw.frozen },
+      compute: computeOf(raw),
       contexts: raw.contexts,
       allocations: { count: raw.allocCount, frees: raw.freeCount, failures: raw.allocFailures },
     };

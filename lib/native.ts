@@ -39,6 +39,8 @@ export interface NativeGpu {
   memoryMode: number;
   priority: number;
   frozen: boolean;
+  /** enum gvm_control_mode: 0 none yet, 1 RM controls, 2 software freeze */
+  controlMode: number;
   contexts: number;
   memoryCurrent: number;
   memorySwapCurrent: number;

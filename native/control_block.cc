@@ -309,6 +309,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     o.Set("memoryMode", Napi::Number::New(env, GVM_LOAD(&g->memory_mode)));
     o.Set("priority", Napi::Number::New(env, GVM_LOAD(&g->priority)));
     o.Set("frozen", Napi::Boolean::New(env, GVM_LOAD(&g->frozen) != 0));
+    o.Set("controlMode", Napi::Number::New(env, GVM_LOAD(&g->control_mode)));
     o.Set("contexts", Napi::Number::New(env, GVM_LOAD(&g->contexts)));
     o.Set("memoryCurrent", U64Number(env, GVM_LOAD(&g->memory_current)));
     o.Set("memorySwapCurrent", U64Number(env, GVM_LOAD(&g->memory_swap_current)));

@@ -166,6 +166,7 @@ t.test('reads every header and GPU field', async (t) => {
     memoryMode: 1,
     priority: 3,
     frozen: true,
+    controlMode: 0,
     contexts: 2,
     memoryCurrent: 4294967296,
     memorySwapCurrent: 1048576,

@@ -44,7 +44,7 @@ t.test('processes() lists live blocks and reads live values', async (t) => {
   t.equal(g.totalBytes, 85899345920);
   t.same(g.memory, { current: 1073741824, limit: 8589934592, swapCurrent: 0, peak: 0, managed: 0, host: 0, mode: 'oom' });
   t.same(g.kernels, { submitted: 1000, ended: 990, pending: 10 });
-  t.same(g.compute, { priority: 8, frozen: false });
+  t.same(g.compute, { priority: 8, frozen: false, mode: 'none' });
   t.equal(g.contexts, 0);
   t.same(p.gpu(1).kernels, { submitted: 3, ended: 5, pending: 0 }, 'pending is never negative');
   t.throws(() => p.gpu(2), { code: 'EGVM_NOT_FOUND' });

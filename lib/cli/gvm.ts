@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { GvmError, isGvmError } from '../errors';
-import { Gvm, GvmGpu, GvmProcess } from '../index';
+import { Gvm, GvmGpu, GvmKey, GvmProcess } from '../index';
 import { agentPath, packageRoot } from '../paths';
 import { formatBytes, parseBytes } from '../units';
 
@@ -29,6 +29,9 @@ Commands:
   run [options] -- CMD [ARGS...]   run CMD with the gvm agent preloaded
   ps [--json]                      list the processes under gvm, one row per GPU
   get PID[:GPU] KEY [--json]       print one value of a process (see "gvm help get")
+  set PID[:GPU] KEY VALUE          change a setting; waits until the agent applied it
+  freeze PID[:GPU]                 stop the process's GPU work (every GPU when none is given)
+  thaw PID[:GPU]                   let a frozen process run again
   debug rm PID[:GPU]               show the RM client, TSGs and channels the agent recorded
   help [COMMAND]                   show help for gvm or a command
 
@@ -81,6 +84,26 @@ Keys:
 Options:
   --json   print the value as JSON
 `,
+  set: `Usage: gvm set PID[:GPU] KEY VALUE
+
+Changes a setting of process PID on GPU (default: every GPU of the process) and waits until the
+agent inside the process applied it; the agent's answer is printed.
+
+Keys:
+  compute.priority N    0..15, lower is more important (8: the driver's default timeslice)
+  compute.freeze 0|1    same as gvm thaw / gvm freeze
+  memory.limit SIZE     bytes, or K/M/G/T (1K = 1024); at most the GPU's size
+  memory.mode oom|swap  what happens past the limit
+`,
+  freeze: `Usage: gvm freeze PID[:GPU]
+
+Stops the process's GPU work on GPU (every GPU of the process when none is given). Returns once the
+GPU has stopped running its kernels. CPU threads waiting on the GPU simply wait; nothing is lost.
+`,
+  thaw: `Usage: gvm thaw PID[:GPU]
+
+Lets a frozen process run again.
+`,
   debug: `Usage: gvm debug rm PID[:GPU]
 
 Shows the NVIDIA RM objects the agent recorded for the process on GPU (default: its first GPU):
@@ -89,7 +112,7 @@ the RM client, device and subdevice handles, the channel groups (TSGs) with thei
 `,
   help: `Usage: gvm help [COMMAND]
 
-Shows help for gvm, or for one of: run, ps, get, debug.
+Shows help for gvm, or for one of: run, ps, get, set, freeze, thaw, debug.
 `,
 };
 
@@ -377,6 +400,75 @@ async function cmdGet(args: string[]): Promise<number> {
   return 0;
 }
 
+// --- set / freeze / thaw -------------------------------------------------------------------------
+
+const SET_KEYS = ['compute.priority', 'compute.freeze', 'memory.limit', 'memory.mode'] as const;
+
+function targets(p: GvmProcess, index: number | undefined): GvmGpu[] {
+  if (index !== undefined) return [p.gpuByIndex(index)];
+  if (p.gpus.length === 0) throw new GvmError(`process ${p.pid} has no GPU yet (agent state: ${p.agentState})`, 'EGVM_NOT_FOUND');
+  return p.gpus;
+}
+
+/** Parses VALUE for KEY before anything is sent, so a bad value changes nothing. */
+function settingApplier(key: string, value: string, command: string): (g: GvmGpu) => Promise<{ message: string }> {
+  switch (key) {
+    case 'compute.priority': {
+      if (!/^\d+$/.test(value) || Number(value) > 15) throw new UsageError(`compute.priority must be an integer 0..15, not '${value}'`, command);
+      return (g) => g.setPriority(Number(value));
+    }
+    case 'compute.freeze':
+      if (value !== '0' && value !== '1') throw new UsageError(`compute.freeze must be 0 or 1, not '${value}'`, command);
+      return (g) => (value === '1' ? g.freeze() : g.thaw());
+    case 'memory.limit': {
+      let bytes: bigint;
+      try {
+        bytes = parseBytes(value);
+      } catch (e) {
+        throw new UsageError(`memory.limit: ${(e as Error).message}`, command);
+      }
+      return (g) => g.setMemoryLimit(bytes);
+    }
+    case 'memory.mode':
+      if (value !== 'oom' && value !== 'swap') throw new UsageError(`memory.mode must be oom or swap, not '${value}'`, command);
+      return (g) => g.command(GvmKey.MEMORY_MODE, value === 'swap' ? 1 : 0);
+    default:
+      throw new UsageError(`unknown or read-only key '${key}'`, command);
+  }
+}
+
+async function applyTo(targetText: string | undefined, apply: (g: GvmGpu) => Promise<{ message: string }>, command: string): Promise<number> {
+  const target = parseTarget(targetText, command);
+  using p = await Gvm.process(target.pid);
+  for (const g of targets(p, target.gpu)) {
+    const r = await apply(g);
+    out(`${p.pid}:${g.index} ${r.message}`);
+  }
+  return 0;
+}
+
+async function cmdSet(args: string[]): Promise<number> {
+  if (args.some(isHelp)) {
+    out(USAGE.set!);
+    return 0;
+  }
+  if (args.length !== 3) throw new UsageError('expected PID[:GPU] KEY VALUE', 'set');
+  const [targetText, key, value] = args as [string, string, string];
+  if (!(SET_KEYS as readonly string[]).includes(key)) throw new UsageError(`unknown or read-only key '${key}'`, 'set');
+  const apply = settingApplier(key, value, 'set');
+  return applyTo(targetText, apply, 'set');
+}
+
+async function cmdFreeze(args: string[], freeze: boolean): Promise<number> {
+  const command = freeze ? 'freeze' : 'thaw';
+  if (args.some(isHelp)) {
+    out(USAGE[command]!);
+    return 0;
+  }
+  if (args.length !== 1) throw new UsageError('expected PID[:GPU]', command);
+  return applyTo(args[0], (g) => (freeze ? g.freeze() : g.thaw()), command);
+}
+
 const hex = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
 
 async function cmdDebug(args: string[]): Promise<number> {
@@ -442,6 +534,12 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdPs(rest);
       case 'get':
         return await cmdGet(rest);
+      case 'set':
+        return await cmdSet(rest);
+      case 'freeze':
+        return await cmdFreeze(rest, true);
+      case 'thaw':
+        return await cmdFreeze(rest, false);
       case 'debug':
         return await cmdDebug(rest);
       default:

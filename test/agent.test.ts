@@ -1,0 +1,378 @@
+// The real agent (build/Release/libgvm.so) inside programs running on the fake driver
+// (build/fake), observed and driven through the TypeScript API: every way of reaching the driver,
+// threads, fork, exit and cleanup, the RM observer, and compute control through the fake RM.
+import { ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import t from 'tap';
+
+import { Gvm, GvmKey, GvmProcess } from '../lib/index';
+import { gvm, RELEASE, ROOT, tmpShm } from './helpers';
+
+const FAKE = path.join(ROOT, 'build', 'fake');
+const AGENT = path.join(RELEASE, 'libgvm.so');
+const FAKE_RM = path.join(FAKE, 'libgvmfakerm.so');
+const BINDERS = ['direct', 'dlsym', 'procaddr'] as const;
+
+interface GpuCounts {
+  deviceBytes: number;
+  managedBytes: number;
+  hostBytes: number;
+  kernels: number;
+}
+interface Report {
+  pid: number;
+  role?: string;
+  gpus: Record<string, GpuCounts>;
+}
+
+class Prog {
+  readonly lines: string[] = [];
+  stderr = '';
+  #waiters: Array<() => void> = [];
+  readonly exited: Promise<number | null>;
+  constructor(readonly child: ChildProcessWithoutNullStreams) {
+    readline.createInterface({ input: child.stdout }).on('line', (l) => {
+      this.lines.push(l);
+      this.#waiters.splice(0).forEach((w) => w());
+    });
+    this.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+    child.on('exit', () => this.#waiters.splice(0).forEach((w) => w()));
+  }
+  /** The next line (after index `from`) starting with prefix; rejects after 20 s or at exit. */
+  async line(prefix: string, from = 0): Promise<string> {
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const found = this.lines.slice(from).find((l) => l.startsWith(prefix));
+      if (found !== undefined) return found;
+      if (this.child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`no '${prefix}' line; got: ${this.lines.join(' | ')}`);
+      }
+      await new Promise<void>((r) => {
+        this.#waiters.push(r);
+        setTimeout(r, 200);
+      });
+    }
+  }
+  async report(prefix: string, from = 0): Promise<Report> {
+    const l = await this.line(prefix, from);
+    return JSON.parse(l.slice(prefix.length + 1)) as Report;
+  }
+  send(cmd: string): number {
+    const mark = this.lines.length;
+    this.child.stdin.write(`${cmd}\n`);
+    return mark;
+  }
+}
+
+function start(t: Tap.Test, shm: string, binder: string, scenario: string, env: NodeJS.ProcessEnv = {}): Prog {
+  const child = spawn(path.join(FAKE, 'bin', `gvm-prog-${binder}`), [scenario], {
+    env: {
+      ...process.env,
+      LD_PRELOAD: `${AGENT}:${FAKE_RM}`,
+      LD_LIBRARY_PATH: FAKE,
+      GVM_SHM_DIR: shm,
+      GVM_EVENT_INTERVAL_MS: '1',
+      GVM_LOG: 'warn',
+      ...env,
+    },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const prog = new Prog(child);
+  child.stderr.on('data', (d: Buffer) => (prog.stderr += d.toString()));
+  t.teardown(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await prog.exited;
+    if (prog.stderr.includes('FAIL')) t.comment(`stderr of ${binder} ${scenario}: ${prog.stderr}`);
+  });
+  return prog;
+}
+
+/** Polls until fn() is true (the event thread publishes every few ms); false after 5 s. */
+async function until(fn: () => boolean, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (fn()) return true;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return fn();
+}
+
+function expectCounts(t: Tap.Test, p: GvmProcess, report: Report, what: string): Promise<void> {
+  return (async () => {
+    for (const [ordinal, want] of Object.entries(report.gpus)) {
+      const g = p.gpu(Number(ordinal));
+      await until(() => g.kernels.submitted === want.kernels && g.kernels.pending === 0);
+      t.equal(g.memory.current, want.deviceBytes, `${what}: GPU ${ordinal} memory.current exact`);
+      t.equal(g.memory.managed, want.managedBytes, `${what}: GPU ${ordinal} managed bytes`);
+      t.equal(g.memory.host, want.hostBytes, `${what}: GPU ${ordinal} host bytes`);
+      t.equal(g.kernels.submitted, want.kernels, `${what}: GPU ${ordinal} kernels submitted`);
+      t.equal(g.kernels.ended, want.kernels, `${what}: GPU ${ordinal} every kernel seen ended`);
+    }
+  })();
+}
+
+t.before(() => {
+  for (const f of [AGENT, FAKE_RM, path.join(FAKE, 'libcuda.so.1')]) {
+    if (!fs.existsSync(f)) throw new Error(`${f} is missing: run npm install (cmake-js builds it)`);
+  }
+});
+
+for (const binder of BINDERS) {
+  t.test(`${binder}: counts, frees and exit seen through the TypeScript API`, async (t) => {
+    const shm = tmpShm(t);
+    const prog = start(t, shm, binder, 'basic');
+    const ready = await prog.report('READY');
+    const p = await Gvm.process(ready.pid, { shmDir: shm });
+    t.teardown(() => p.close());
+    t.equal(p.agentState, 'ready');
+    t.equal(p.gpuCount, 2, 'both fake GPUs visible');
+    t.match(p.command, /gvm-prog-/);
+    await expectCounts(t, p, ready, 'after work');
+    t.ok(p.gpu(0).contexts >= 1, 'a live context on GPU 0');
+    t.equal(p.gpu(1).kernels.submitted, 0, 'nothing on GPU 1');
+    const mark = prog.send('free');
+    const freed = await prog.report('FREED', mark);
+    await until(() => p.gpu(0).memory.current === freed.gpus['0']!.deviceBytes);
+    await expectCounts(t, p, freed, 'after free');
+    t.ok(p.gpu(0).memory.peak >= ready.gpus['0']!.deviceBytes, 'peak kept the high-water mark');
+    prog.send('exit');
+    t.equal(await prog.exited, 0, 'program exits cleanly under the agent');
+    t.notOk(fs.existsSync(path.join(shm, String(ready.pid))), 'block removed at exit');
+  });
+}
+
+t.test('threads: 8 threads allocating, freeing and launching at once', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'procaddr', 'threads');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  await expectCounts(t, p, ready, 'threads');
+  t.equal(p.gpu(0).allocations.count - p.gpu(0).allocations.frees, 8 * (50 / 5), 'live allocations: every 5th of 50 per thread');
+});
+
+t.test('pending kernels while the GPU is held, exact once it drains', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'hold');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  const want = ready.gpus['0']!.kernels;
+  t.ok(await until(() => g.kernels.submitted === want), 'submitted counted at launch');
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(g.kernels.ended, 0, 'nothing ended while the GPU is held');
+  t.equal(g.kernels.pending, want, 'all pending');
+  const mark = prog.send('release');
+  await prog.line('RELEASED', mark);
+  t.ok(await until(() => g.kernels.pending === 0), 'pending drops to 0 once the GPU ran them');
+  t.equal(g.kernels.ended, want);
+});
+
+t.test('multigpu: per-GPU accounting', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'multigpu');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  await expectCounts(t, p, ready, 'multigpu');
+  t.not(p.gpu(0).rm().client, 0);
+  t.not(p.gpu(0).rm().subdevice, p.gpu(1).rm().subdevice, 'each GPU has its own subdevice');
+});
+
+t.test('fork before cuInit: parent and child each get their own block', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'fork-before');
+  await prog.line('READY');
+  await until(() => prog.lines.filter((l) => l.startsWith('READY')).length === 2);
+  const reports = prog.lines.filter((l) => l.startsWith('READY')).map((l) => JSON.parse(l.slice(6)) as Report);
+  t.equal(reports.length, 2);
+  t.not(reports[0]!.pid, reports[1]!.pid);
+  for (const r of reports) {
+    using p = await Gvm.process(r.pid, { shmDir: shm });
+    await expectCounts(t, p, r, `${r.role ?? 'process'} ${r.pid}`);
+  }
+});
+
+t.test("fork after cuInit: the child's exit leaves the parent's block alone", async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'fork-after');
+  const ready = await prog.report('READY');
+  t.ok(fs.existsSync(path.join(shm, String(ready.pid))), 'parent block still there after the child exited');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  await expectCounts(t, p, ready, 'parent after child exit');
+  t.same(fs.readdirSync(shm).filter((f) => !f.startsWith('.')), [String(ready.pid)], 'the child made no block');
+});
+
+t.test('exit without freeing, and kill -9: no block left behind', async (t) => {
+  const shm = tmpShm(t);
+  const early = start(t, shm, 'dlsym', 'exit-early');
+  t.equal(await early.exited, 0);
+  t.same(fs.readdirSync(shm), [], 'block removed by the exiting process');
+
+  const killed = start(t, shm, 'direct', 'basic');
+  const ready = await killed.report('READY');
+  killed.child.kill('SIGKILL');
+  await killed.exited;
+  t.ok(fs.existsSync(path.join(shm, String(ready.pid))), 'kill -9 leaves the block');
+  const procs = await Gvm.processes({ shmDir: shm });
+  t.equal(procs.length, 0, 'a dead process is not listed');
+  t.notOk(fs.existsSync(path.join(shm, String(ready.pid))), 'and whoever found it removed it');
+});
+
+t.test('no block for a process that never uses CUDA, nor with GVM_DISABLE=1', async (t) => {
+  const shm = tmpShm(t);
+  const nocuda = start(t, shm, 'direct', 'nocuda');
+  await nocuda.line('READY');
+  nocuda.send('exit');
+  t.equal(await nocuda.exited, 0);
+  const disabled = start(t, shm, 'procaddr', 'basic', { GVM_DISABLE: '1' });
+  const ready = await disabled.report('READY');
+  t.equal(ready.gpus['0']!.kernels, 125, 'the program works unchanged');
+  t.same(fs.readdirSync(shm), [], 'GVM_DISABLE=1: pure pass-through, no block');
+});
+
+t.test('the RM observer: client, subdevice, TSGs and channels, shown by gvm debug rm', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'basic');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const rm = p.gpu(0).rm();
+  t.ok(rm.fd >= 0 && rm.client !== 0 && rm.subdevice !== 0, 'owning client, fd and subdevice');
+  const compute = rm.tsgs.filter((x) => x.engine === 'compute');
+  t.equal(compute.length, 1, 'one compute TSG');
+  t.equal(compute[0]!.channelCount, 8, 'with its 8 channels');
+  t.equal(rm.tsgs.filter((x) => x.engine === 'copy').length, 3, 'three copy TSGs');
+  t.ok(rm.channels.every((c) => (c.classId & 0xff) === 0x6f), 'only GPFIFO channels, never the context share');
+  const r = gvm(['debug', 'rm', String(ready.pid)], { GVM_SHM_DIR: shm });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /compute \(GR\)/);
+  t.match(r.stdout, /channels: 11/);
+});
+
+t.test('the RM observer replays traffic recorded on an H100', async (t) => {
+  const r = spawnSync(path.join(RELEASE, 'gvm-test-rm-replay'), [path.join(ROOT, 'test', 'data', 'rm-trace-h100-torch.txt')], {
+    encoding: 'utf8',
+  });
+  t.equal(r.status, 0, r.stdout + r.stderr);
+  t.match(r.stdout, /1\.\.12/);
+  t.notMatch(r.stdout, /not ok/);
+});
+
+t.test('commands: ping, bad values refused, unsupported reported', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'basic');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  t.ok((await g.ping()) >= 0, 'ping answered by the agent thread');
+  await t.rejects(g.setPriority(16), { code: 'EGVM_INVALID' });
+  await t.rejects(g.setPriority(2.5), { code: 'EGVM_INVALID' });
+  await t.rejects(g.command(GvmKey.COMPUTE_FREEZE, 2), { code: 'EGVM_INVALID' }, 'the agent validates too');
+  await t.rejects(g.setMemoryLimit(g.totalBytes + 1), { code: 'EGVM_INVALID' });
+  await t.rejects(g.command(GvmKey.MEMORY_MODE, 1), { code: 'EGVM_UNSUPPORTED' }, 'swap mode is not claimed');
+  t.equal(g.compute.priority, 8, 'nothing changed');
+  const r = gvm(['set', `${ready.pid}:0`, 'compute.priority', 'high'], { GVM_SHM_DIR: shm });
+  t.equal(r.status, 2, 'a non-integer priority is a usage error');
+});
+
+t.test('memory limit in oom mode: an allocation past it fails cleanly; the start-up limit applies per GPU', async (t) => {
+  const shm = tmpShm(t);
+  // 10 MiB limit: basic allocates about 15 MiB of device memory, so it must fail cleanly
+  const prog = start(t, shm, 'direct', 'basic', { GVM_MEMORY_LIMIT: String(10 << 20) });
+  const code = await prog.exited;
+  t.equal(code, 1, 'the program saw an allocation fail and stopped');
+  t.match(prog.stderr, /FAIL \w*[Aa]lloc\w* 2\b/, 'with CUDA_ERROR_OUT_OF_MEMORY (2), not a crash');
+  t.same(fs.readdirSync(shm), [], 'and exited cleanly: block removed');
+
+  // within the limit, cuMemGetInfo reports the limit as the total
+  const fits = start(t, shm, 'direct', 'basic', { GVM_MEMORY_LIMIT: String(64 << 20) });
+  const ready = await fits.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  t.equal(p.gpu(0).memory.limit, 64 << 20);
+  t.equal(p.gpu(1).memory.limit, 64 << 20, 'the start-up limit applies to every GPU');
+});
+
+t.test('compute control through the fake RM: priority, freeze and thaw with the exact RM bytes', async (t) => {
+  const shm = tmpShm(t);
+  const log = path.join(shm, 'rm.log');
+  const prog = start(t, shm, 'direct', 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_RM_LOG: log });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  const set = await g.setPriority(15);
+  t.match(set.message, /timeslice 16 us on 4 TSGs/);
+  t.ok(g.rm().tsgs.every((x) => x.timesliceUs === 16), 'every TSG reads back 16 us from the RM');
+  t.equal(g.compute.priority, 15);
+  t.equal(g.compute.mode, 'rm');
+
+  const frozen = await g.freeze();
+  t.match(frozen.message, /11 channels disabled, 4 TSGs preempted/);
+  t.equal(g.compute.frozen, true);
+  const rm = g.rm();
+  const lines = fs.readFileSync(log, 'utf8').split('\n');
+  const disable = lines.find((l) => /2080110b/i.test(l) && l.includes('control'));
+  t.ok(disable, 'a disable-channels control was issued');
+  t.equal(lines.filter((l) => /a06c0105/i.test(l)).length, 4, 'one preempt per TSG');
+  // the params bytes: bDisable=1, numChannels=11, bOnlyDisableScheduling=1, then client and channel lists
+  const hexBytes = /params=([0-9a-f]+)/i.exec(disable ?? '')?.[1] ?? '';
+  const bytes = Buffer.from(hexBytes, 'hex');
+  t.equal(bytes.length, 536, 'params are the 536-byte NV2080_CTRL_FIFO_DISABLE_CHANNELS_PARAMS');
+  if (bytes.length === 536) {
+    t.equal(bytes[0], 1, 'bDisable');
+    t.equal(bytes.readUInt32LE(4), 11, 'numChannels');
+    t.equal(bytes[8], 1, 'bOnlyDisableScheduling');
+    t.equal(bytes.readBigUInt64LE(16), 0n, 'no preempt event from user space');
+    t.equal(bytes.readUInt32LE(24), rm.client, 'hClientList[0] is the owning client');
+    const listed = Array.from({ length: 11 }, (_, i) => bytes.readUInt32LE(280 + 4 * i)).sort();
+    t.same(listed, rm.channels.map((c) => c.handle).sort(), 'exactly the channels, never the context share');
+  }
+  const thawed = await g.thaw();
+  t.equal(thawed.message, 'thawed');
+  t.equal(g.compute.frozen, false);
+  const after = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /2080110b/i.test(l));
+  t.equal(after.length, 2, 'thaw re-enabled the channels');
+
+  const cli = gvm(['freeze', String(ready.pid)], { GVM_SHM_DIR: shm });
+  t.equal(cli.status, 0, cli.stderr);
+  t.match(cli.stdout, new RegExp(`^${ready.pid}:0 frozen`, 'm'));
+  t.equal(gvm(['get', `${ready.pid}:0`, 'compute.freeze'], { GVM_SHM_DIR: shm }).stdout.trim(), '1');
+  t.equal(gvm(['thaw', String(ready.pid)], { GVM_SHM_DIR: shm }).status, 0);
+});
+
+t.test('compute control falls back to a software freeze when the RM refuses', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_RM_FAIL_CMD: '0x2080110b' });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  const r = await g.freeze();
+  t.match(r.message, /software freeze/);
+  t.equal(g.compute.mode, 'software');
+  t.equal(g.compute.frozen, true);
+  await g.thaw();
+  t.equal(g.compute.frozen, false);
+  const mark = prog.send('sync');
+  await prog.line('SYNCED', mark);
+});
+
+t.test('without the RM path (unverified driver) priority is refused, freeze is software', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'basic');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  await t.rejects(p.gpu(0).setPriority(12), { code: 'EGVM_UNSUPPORTED' });
+  const r = await p.gpu(0).freeze();
+  t.match(r.message, /software freeze/);
+  await p.gpu(0).thaw();
+});
+
+t.test('the real CUDA runtime over the fake driver: documented as unsupported', async (t) => {
+  const r = spawnSync(path.join(FAKE, 'bin', 'gvm-prog-cudart'), ['basic'], {
+    encoding: 'utf8',
+    env: { ...process.env, LD_PRELOAD: `${AGENT}:${FAKE_RM}`, LD_LIBRARY_PATH: FAKE, GVM_SHM_DIR: tmpShm(t) },
+    timeout: 30000,
+  });
+  // libcudart asks cuGetExportTable for private tables no fake can provide (test/fake-cuda/README.md)
+  t.equal(r.status, 3, r.stdout + r.stderr);
+  t.match(r.stdout, /UNSUPPORTED/);
+});
