@@ -158,6 +158,7 @@ struct gvm_rm_target {
   uint32_t client, subdevice;
   uint32_t ntsg, nchan;
   uint32_t tsg[GVM_MAX_TSGS];
+  uint32_t tsg_engine[GVM_MAX_TSGS];
   uint32_t chan[GVM_MAX_CHANNELS];
 };
 GVM_HIDDEN bool gvm_rm_snapshot(int gpu, struct gvm_rm_target *out);

@@ -208,10 +208,15 @@ int gvm_compute_freeze(int gpu, bool freeze, char *msg, size_t room) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "disable channels failed (RM status %#x); using software freeze", st);
     return soft_freeze(gpu, msg, room, "RM refused disable channels");
   }
+  /* the command completes once the compute TSG is off the GPU (bWait); copy TSGs are kicked off
+   * without waiting for each, which keeps the whole freeze near one RM round trip */
   for (uint32_t i = 0; i < t.ntsg; i++) {
-    struct preempt_params p = {.wait = 1};
+    bool compute = t.tsg_engine[i] == RM_ENGINE_GR;
+    struct preempt_params p = {.wait = compute};
     st = rm_control(t.fd, t.client, t.tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
-    if (st) {
+    if (st && !compute) {
+      GVM_LOG_ONCE(GVM_LOG_INFO, "preempting copy TSG %#x returned RM status %#x; its channels stay disabled", t.tsg[i], st);
+    } else if (st) {
       disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
       GVM_LOG_ONCE(GVM_LOG_WARN, "preempt failed (RM status %#x); using software freeze", st);
       return soft_freeze(gpu, msg, room, "RM refused preempt");

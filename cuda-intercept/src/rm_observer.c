@@ -165,7 +165,10 @@ bool gvm_rm_snapshot(int gpu, struct gvm_rm_target *out) {
       const struct rm_object *o = &objects[i];
       if (!o->used || o->client != tsg0->client) continue;
       if (o->klass == RM_CLASS_SUBDEVICE && o->parent == tsg0->parent) out->subdevice = o->handle;
-      if (o->klass == RM_CLASS_TSG && o->gpu == gpu && out->ntsg < GVM_MAX_TSGS) out->tsg[out->ntsg++] = o->handle;
+      if (o->klass == RM_CLASS_TSG && o->gpu == gpu && out->ntsg < GVM_MAX_TSGS) {
+        out->tsg_engine[out->ntsg] = o->engine;
+        out->tsg[out->ntsg++] = o->handle;
+      }
     }
     for (int i = 0; i < MAX_OBJECTS; i++) {
       const struct rm_object *c = &objects[i];
