@@ -290,6 +290,20 @@ t.test('memory limit in oom mode: an allocation past it fails cleanly; the start
   using p = await Gvm.process(ready.pid, { shmDir: shm });
   t.equal(p.gpu(0).memory.limit, 64 << 20);
   t.equal(p.gpu(1).memory.limit, 64 << 20, 'the start-up limit applies to every GPU');
+  const used = p.gpu(0).memory.current;
+  let mark = fits.send('meminfo');
+  const [, status, free, total] = (await fits.line('MEMINFO', mark)).split(' ').map(Number);
+  t.equal(status, 0);
+  t.equal(total, 64 << 20, 'cuMemGetInfo reports the limit as the total');
+  t.equal(free, (64 << 20) - used, 'and what is left under it as free');
+
+  // lowering the limit below what the process holds: new allocations fail until usage drops
+  await p.gpu(0).setMemoryLimit(used - 1);
+  mark = fits.send('meminfo');
+  t.equal(Number((await fits.line('MEMINFO', mark)).split(' ')[2]), 0, 'no free memory while over the limit');
+  mark = fits.send('free');
+  await fits.line('FREED', mark);
+  t.ok(await until(() => p.gpu(0).memory.current === 0), 'usage dropped after the frees');
 });
 
 t.test('compute control through the fake RM: priority, freeze and thaw with the exact RM bytes', async (t) => {

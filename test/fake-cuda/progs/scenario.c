@@ -384,6 +384,11 @@ static void command_loop(void)
             if (g_bound)
                 sync_all();
             printf("SYNCED\n");
+        } else if (strcmp(line, "meminfo") == 0) {
+            /* what the process sees as its GPU's size: gvm reports the limit as the total */
+            size_t free_bytes = 0, total = 0;
+            CUresult r = g_bound ? api.memGetInfo(&free_bytes, &total) : CUDA_ERROR_NOT_INITIALIZED;
+            printf("MEMINFO %d %zu %zu\n", (int)r, free_bytes, total);
         } else if (strcmp(line, "release") == 0) {
             if (g_bound && api.holdGpu)
                 api.holdGpu(0);
