@@ -353,6 +353,23 @@ t.test('compute control through the fake RM: priority, freeze and thaw with the 
   t.equal(gvm(['thaw', String(ready.pid)], { GVM_SHM_DIR: shm }).status, 0);
 });
 
+t.test('gvm run --priority: channel groups created after start-up inherit the timeslice', async (t) => {
+  const shm = tmpShm(t);
+  const log = path.join(shm, 'rm.log');
+  const prog = start(t, shm, 'procaddr', 'multigpu', { GVM_RM_ANY_DRIVER: '1', GVM_PRIORITY: '15', FAKE_RM_LOG: log });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  for (const ordinal of [0, 1]) {
+    const tsgs = p.gpu(ordinal).rm().tsgs;
+    t.equal(tsgs.length, 4, `GPU ${ordinal}: four TSGs`);
+    t.ok(tsgs.every((x) => x.timesliceUs === 16), `GPU ${ordinal}: every TSG read back 16 us from the RM`);
+    t.equal(p.gpu(ordinal).compute.priority, 15);
+  }
+  const sets = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /cmd=0xa06c0103/i.test(l));
+  t.equal(sets.length, 8, 'one set-timeslice control per TSG as it was created');
+  t.ok(sets.every((l) => /params=1000000000000000/i.test(l)), 'each carrying u64 16');
+});
+
 t.test('compute control falls back to a software freeze when the RM refuses', async (t) => {
   const shm = tmpShm(t);
   const prog = start(t, shm, 'direct', 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_RM_FAIL_CMD: '0x2080110b' });
