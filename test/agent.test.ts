@@ -269,7 +269,7 @@ t.test('commands: ping, bad values refused, unsupported reported', async (t) => 
   await t.rejects(g.setPriority(2.5), { code: 'EGVM_INVALID' });
   await t.rejects(g.command(GvmKey.COMPUTE_FREEZE, 2), { code: 'EGVM_INVALID' }, 'the agent validates too');
   await t.rejects(g.setMemoryLimit(g.totalBytes + 1), { code: 'EGVM_INVALID' });
-  await t.rejects(g.command(GvmKey.MEMORY_MODE, 1), { code: 'EGVM_UNSUPPORTED' }, 'swap mode is not claimed');
+  await t.rejects(g.command(GvmKey.MEMORY_MODE, 7), { code: 'EGVM_INVALID' }, 'an unknown memory mode');
   t.equal(g.compute.priority, 8, 'nothing changed');
   const r = gvm(['set', `${ready.pid}:0`, 'compute.priority', 'high'], { GVM_SHM_DIR: shm });
   t.equal(r.status, 2, 'a non-integer priority is a usage error');
@@ -304,6 +304,40 @@ t.test('memory limit in oom mode: an allocation past it fails cleanly; the start
   mark = fits.send('free');
   await fits.line('FREED', mark);
   t.ok(await until(() => p.gpu(0).memory.current === 0), 'usage dropped after the frees');
+});
+
+t.test('swap mode: allocations past the limit live on the host at the same address, no byte lost', async (t) => {
+  const shm = tmpShm(t);
+  const MiB = 1 << 20;
+  const prog = start(t, shm, 'direct', 'buffers', { GVM_MEMORY_LIMIT: String(10 * MiB), GVM_MEMORY_MODE: 'swap' });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  t.equal(g.memory.mode, 'swap');
+  t.equal(g.memory.current, 8 * MiB, 'two 4 MiB buffers fit under the 10 MiB limit');
+  t.equal(g.memory.swapCurrent, 16 * MiB, 'the other four live on the host');
+  t.equal(g.allocations.failures, 0, 'nothing failed');
+  let mark = prog.send('verify');
+  t.equal(await prog.line('VERIFIED', mark), 'VERIFIED ok 6', 'every byte of every buffer reads back');
+  mark = prog.send('meminfo');
+  t.equal(Number((await prog.line('MEMINFO', mark)).split(' ')[3]), 10 * MiB, 'the process sees the limit as its GPU');
+  mark = prog.send('free');
+  await prog.line('FREED', mark);
+  t.equal(g.memory.current, 0);
+  t.equal(g.memory.swapCurrent, 0, 'host-backed ranges freed too');
+});
+
+t.test('swap mode switched on at run time applies to later allocations', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'basic');
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const r = await p.gpu(0).command(GvmKey.MEMORY_MODE, 1);
+  t.match(r.message, /mode swap/);
+  t.equal(p.gpu(0).memory.mode, 'swap');
+  const cli = gvm(['set', `${ready.pid}:0`, 'memory.mode', 'oom'], { GVM_SHM_DIR: shm });
+  t.equal(cli.status, 0, cli.stderr);
+  t.equal(p.gpu(0).memory.mode, 'oom');
 });
 
 t.test('compute control through the fake RM: priority, freeze and thaw with the exact RM bytes', async (t) => {

@@ -113,6 +113,7 @@ struct gvm_gpu_state {
   _Atomic uint64_t sync_bytes;  /* cuMemAlloc, pitch */
   _Atomic uint64_t vmm_bytes;   /* cuMemCreate with a device location */
   _Atomic uint64_t pool_bytes;  /* reserved by stream-ordered pools */
+  _Atomic uint64_t swap_bytes;  /* swap mode: allocations whose physical memory is on the host */
   _Atomic uint64_t managed_bytes;
   _Atomic uint64_t host_bytes;
   _Atomic uint64_t alloc_count, free_count, alloc_failures;

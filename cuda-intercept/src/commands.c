@@ -56,7 +56,8 @@ void gvm_apply_command(struct gvm_command *cmd) {
       GVM_STORE(&b->memory_mode, (uint32_t)GVM_MEMORY_MODE_OOM);
       answer(cmd, GVM_STATUS_OK, "mode oom");
     } else if (value == GVM_MEMORY_MODE_SWAP) {
-      answer(cmd, GVM_STATUS_UNSUPPORTED, "swap mode is not implemented by this agent yet");
+      GVM_STORE(&b->memory_mode, (uint32_t)GVM_MEMORY_MODE_SWAP);
+      answer(cmd, GVM_STATUS_OK, "mode swap: new allocations of 2 MiB or more past the limit live on the host");
     } else {
       answer(cmd, GVM_STATUS_INVALID, "memory.mode must be oom or swap");
     }

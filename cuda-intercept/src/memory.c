@@ -5,9 +5,11 @@
  * exact sum; pools are measured by what the driver says they reserve, since freed blocks stay in a
  * pool until it is trimmed.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "agent.h"
+#include "backing.h"
 #include "registry.h"
 
 static struct gvm_registry allocations = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -41,6 +43,7 @@ void gvm_publish_memory(int gpu) {
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   uint64_t cur = gvm_memory_current(gpu);
   GVM_STORE(&b->memory_current, cur);
+  GVM_STORE(&b->memory_swap_current, atomic_load(&g->swap_bytes));
   if (cur > GVM_LOAD(&b->memory_peak)) GVM_STORE(&b->memory_peak, cur);
   GVM_STORE(&b->managed_bytes, atomic_load(&g->managed_bytes));
   GVM_STORE(&b->host_bytes, atomic_load(&g->host_bytes));
@@ -94,6 +97,7 @@ static void release_counts(const struct gvm_alloc *a) {
   struct gvm_gpu_state *g = &gvm_gpus[a->gpu];
   switch (a->kind) {
   case GVM_ALLOC_DEVICE: atomic_fetch_sub(&g->sync_bytes, a->size); break;
+  case GVM_ALLOC_SWAPPABLE: atomic_fetch_sub(a->on_device ? &g->sync_bytes : &g->swap_bytes, a->size); break;
   case GVM_ALLOC_MANAGED: atomic_fetch_sub(&g->managed_bytes, a->size); break;
   case GVM_ALLOC_HOST:
   case GVM_ALLOC_HOST_REG: atomic_fetch_sub(&g->host_bytes, a->size); break;
@@ -108,10 +112,51 @@ static void release_counts(const struct gvm_alloc *a) {
 
 static bool active(void) { return atomic_load_explicit(&gvm_active, memory_order_acquire) == 1; }
 
+/* ---- swap mode: past the limit, the new allocation's physical memory is on the host ---- */
+static bool swap_mode(int gpu) {
+  return valid_gpu(gpu) && gvm_block && GVM_LOAD(&gvm_block->gpu[gpu].memory_mode) == GVM_MEMORY_MODE_SWAP;
+}
+
+static CUresult swap_alloc(CUdeviceptr *dptr, uint64_t size, int gpu) {
+  struct gvm_gpu_state *g = &gvm_gpus[gpu];
+  uint64_t rounded = (size + GVM_BACKING_GRANULE - 1) & ~(GVM_BACKING_GRANULE - 1);
+  uint64_t before = atomic_fetch_add(&g->sync_bytes, rounded);
+  uint64_t others = atomic_load(&g->vmm_bytes) + atomic_load(&g->pool_bytes);
+  bool on_device = before + rounded + others <= gvm_memory_limit(gpu);
+  if (!on_device) atomic_fetch_sub(&g->sync_bytes, rounded);
+  CUmemGenericAllocationHandle handle = 0;
+  CUresult r = gvm_backing_alloc(g->device, rounded, on_device, dptr, &handle);
+  if (r == CUDA_ERROR_OUT_OF_MEMORY && on_device) {
+    /* under our limit but the GPU itself is full (other processes): the host takes it */
+    atomic_fetch_sub(&g->sync_bytes, rounded);
+    on_device = false;
+    r = gvm_backing_alloc(g->device, rounded, false, dptr, &handle);
+  }
+  if (r != CUDA_SUCCESS) {
+    if (on_device) atomic_fetch_sub(&g->sync_bytes, rounded);
+    atomic_fetch_add(&g->alloc_failures, 1);
+    gvm_publish_memory(gpu);
+    return r;
+  }
+  if (!on_device) atomic_fetch_add(&g->swap_bytes, rounded);
+  CUcontext ctx = NULL;
+  if (gvm_real.p_cuCtxGetCurrent) gvm_real.p_cuCtxGetCurrent(&ctx);
+  struct gvm_alloc a = {.size = rounded, .aux = (uint64_t)handle, .ctx = ctx, .gpu = gpu,
+                        .kind = GVM_ALLOC_SWAPPABLE, .on_device = on_device};
+  pthread_mutex_lock(&allocations.lock);
+  gvm_registry_put(&allocations, (uint64_t)*dptr, &a);
+  pthread_mutex_unlock(&allocations.lock);
+  atomic_fetch_add(&g->alloc_count, 1);
+  gvm_publish_memory(gpu);
+  return CUDA_SUCCESS;
+}
+
 /* ---- plain device allocations ---- */
 static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(void *), void *arg) {
   if (!active()) return call(arg);
   int gpu = gvm_current_gpu();
+  /* large allocations in swap mode get a range whose physical side can move; small ones stay plain */
+  if (size >= GVM_BACKING_GRANULE && swap_mode(gpu) && dptr) return swap_alloc(dptr, size, gpu);
   if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size)) return CUDA_ERROR_OUT_OF_MEMORY;
   CUresult r = call(arg);
   if (r != CUDA_SUCCESS) {
@@ -179,7 +224,8 @@ CUresult gvm_hook_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned
 CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
   struct gvm_alloc a;
   bool known = active() && dptr && forget((uint64_t)dptr, &a);
-  CUresult r = GVM_REAL(cuMemFree_v2, dptr);
+  CUresult r = known && a.kind == GVM_ALLOC_SWAPPABLE ? gvm_backing_free(dptr, a.size, (CUmemGenericAllocationHandle)a.aux)
+                                                      : GVM_REAL(cuMemFree_v2, dptr);
   if (!known) return r;
   if (r == CUDA_SUCCESS) {
     release_counts(&a);
@@ -489,18 +535,37 @@ CUresult gvm_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
 }
 
 /* ---- contexts going away take their allocations with them ---- */
-static bool owned_by(uint64_t key, struct gvm_alloc *a, void *ctx) {
-  (void)key;
-  if (a->ctx != (CUcontext)ctx || a->kind == GVM_ALLOC_VMM_HANDLE || a->kind == GVM_ALLOC_VMM_MAPPING) return false;
+struct ending_context {
+  CUcontext ctx;
+  struct swappable_range {
+    uint64_t va, size, handle;
+  } *ranges;
+  size_t count, room;
+};
+
+static bool owned_by(uint64_t key, struct gvm_alloc *a, void *arg) {
+  struct ending_context *end = arg;
+  if (a->ctx != end->ctx || a->kind == GVM_ALLOC_VMM_HANDLE || a->kind == GVM_ALLOC_VMM_MAPPING) return false;
+  if (a->kind == GVM_ALLOC_SWAPPABLE) {
+    /* the driver frees cuMemAlloc memory with its context; ours it does not know: free it after the sweep */
+    if (end->count == end->room) return false; /* no room to remember it: keep it rather than leak the record */
+    end->ranges[end->count++] = (struct swappable_range){key, a->size, a->aux};
+  }
   release_counts(a);
   return true;
 }
 
 void gvm_memory_forget_context(CUcontext ctx) {
   if (!ctx) return;
+  struct ending_context end = {.ctx = ctx, .room = 4096};
+  end.ranges = malloc(end.room * sizeof *end.ranges);
+  if (!end.ranges) end.room = 0;
   pthread_mutex_lock(&allocations.lock);
-  gvm_registry_sweep(&allocations, owned_by, ctx);
+  gvm_registry_sweep(&allocations, owned_by, &end);
   pthread_mutex_unlock(&allocations.lock);
+  for (size_t i = 0; i < end.count; i++)
+    gvm_backing_free(end.ranges[i].va, end.ranges[i].size, (CUmemGenericAllocationHandle)end.ranges[i].handle);
+  free(end.ranges);
   for (int g = 0; g < GVM_MAX_GPUS; g++) gvm_publish_memory(g);
 }
 

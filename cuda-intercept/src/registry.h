@@ -18,7 +18,8 @@ enum gvm_alloc_kind {
   GVM_ALLOC_HOST,        /* cuMemAllocHost, cuMemHostAlloc */
   GVM_ALLOC_HOST_REG,    /* cuMemHostRegister */
   GVM_ALLOC_VMM_HANDLE,  /* cuMemCreate */
-  GVM_ALLOC_VMM_MAPPING  /* cuMemMap: key is the virtual address */
+  GVM_ALLOC_VMM_MAPPING, /* cuMemMap: key is the virtual address */
+  GVM_ALLOC_SWAPPABLE    /* swap mode: cuMemAlloc made as gvm's own VMM range; aux = physical handle */
 };
 
 struct gvm_alloc {

@@ -371,6 +371,50 @@ static void free_all(void)
     }
 }
 
+/* ---- "buffers": N device buffers with known contents, to check that no byte is lost when gvm
+ * places or moves their physical memory (swap mode) ---- */
+static CUdeviceptr g_buffers[64];
+static size_t g_nbuffers, g_buffer_bytes;
+
+static unsigned char pattern(size_t buffer, size_t offset) { return (unsigned char)(buffer * 131u + offset * 7u + 1u); }
+
+static void run_buffers(int count, int mib)
+{
+    open_gpu(0);
+    g_buffer_bytes = (size_t)mib * MiB;
+    unsigned char *host = malloc(g_buffer_bytes);
+    if (!host) {
+        fprintf(stderr, "FAIL malloc 0\n");
+        exit(1);
+    }
+    for (int i = 0; i < count && i < 64; i++) {
+        alloc_t a = {.kind = A_DEVICE, .gpu = 0, .bytes = g_buffer_bytes};
+        CK(memAlloc, &a.ptr, g_buffer_bytes);
+        for (size_t j = 0; j < g_buffer_bytes; j++)
+            host[j] = pattern((size_t)i, j);
+        CK(memcpyHtoD, a.ptr, host, g_buffer_bytes);
+        record(&a);
+        g_buffers[g_nbuffers++] = a.ptr;
+    }
+    free(host);
+}
+
+static int verify_buffers(void)
+{
+    unsigned char *host = malloc(g_buffer_bytes ? g_buffer_bytes : 1);
+    int bad = -1;
+    for (size_t i = 0; host && i < g_nbuffers && bad < 0; i++) {
+        CK(memcpyDtoH, host, g_buffers[i], g_buffer_bytes);
+        for (size_t j = 0; j < g_buffer_bytes; j++)
+            if (host[j] != pattern(i, j)) {
+                bad = (int)i;
+                break;
+            }
+    }
+    free(host);
+    return bad;
+}
+
 static void command_loop(void)
 {
     char line[256];
@@ -384,6 +428,12 @@ static void command_loop(void)
             if (g_bound)
                 sync_all();
             printf("SYNCED\n");
+        } else if (strcmp(line, "verify") == 0) {
+            int bad = verify_buffers();
+            if (bad < 0)
+                printf("VERIFIED ok %zu\n", g_nbuffers);
+            else
+                printf("VERIFIED bad %d\n", bad);
         } else if (strcmp(line, "meminfo") == 0) {
             /* what the process sees as its GPU's size: gvm reports the limit as the total */
             size_t free_bytes = 0, total = 0;
@@ -471,8 +521,8 @@ int scenario_main(int argc, char **argv, cu_binder_t bind)
     setvbuf(stdout, NULL, _IOLBF, 0);
     g_bind = bind;
     if (argc < 2) {
-        fprintf(stderr, "usage: %s basic|threads|hold|fork-before|fork-after|exit-early|nocuda|multigpu "
-                        "[kernels=N]\n", argv[0]);
+        fprintf(stderr, "usage: %s basic|threads|hold|fork-before|fork-after|exit-early|nocuda|multigpu|buffers "
+                        "[kernels=N] [count=N mib=N]\n", argv[0]);
         return 2;
     }
     const char *name = argv[1];
@@ -491,6 +541,8 @@ int scenario_main(int argc, char **argv, cu_binder_t bind)
         run_threads();
     } else if (strcmp(name, "multigpu") == 0) {
         run_multigpu();
+    } else if (strcmp(name, "buffers") == 0) {
+        run_buffers(arg_int(argc, argv, "count", 6), arg_int(argc, argv, "mib", 4));
     } else if (strcmp(name, "exit-early") == 0) {
         open_gpu(0);
         alloc_device(0, MiB);

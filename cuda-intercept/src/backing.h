@@ -1,0 +1,17 @@
+#ifndef GVM_BACKING_H
+#define GVM_BACKING_H
+
+#include <cuda.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* VMM granularity on the GPUs we measured (H100: 2 MiB); smaller allocations stay plain cuMemAlloc */
+#define GVM_BACKING_GRANULE (2ull << 20)
+
+CUresult gvm_backing_alloc(int device, uint64_t size, bool on_device, CUdeviceptr *va,
+                           CUmemGenericAllocationHandle *handle);
+CUresult gvm_backing_map(CUdeviceptr va, uint64_t size, int device, bool on_device,
+                         CUmemGenericAllocationHandle *handle);
+CUresult gvm_backing_free(CUdeviceptr va, uint64_t size, CUmemGenericAllocationHandle handle);
+
+#endif
