@@ -327,6 +327,41 @@ t.test('swap mode: allocations past the limit live on the host at the same addre
   t.equal(g.memory.swapCurrent, 0, 'host-backed ranges freed too');
 });
 
+t.test('swap mode: a raised limit brings data back, a lowered one moves the oldest out, no byte lost', async (t) => {
+  const shm = tmpShm(t);
+  const MiB = 1 << 20;
+  const log = path.join(shm, 'rm.log');
+  const prog = start(t, shm, 'direct', 'buffers', {
+    GVM_MEMORY_LIMIT: String(10 * MiB),
+    GVM_MEMORY_MODE: 'swap',
+    GVM_RM_ANY_DRIVER: '1',
+    FAKE_RM_LOG: log,
+  });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  t.same([g.memory.current, g.memory.swapCurrent], [8 * MiB, 16 * MiB], 'start: 2 buffers on the GPU, 4 on the host');
+
+  const up = await g.setMemoryLimit(100 * MiB);
+  t.match(up.message, /limit set in \d+ ms/, 'the write returned after the mover ran');
+  t.same([g.memory.current, g.memory.swapCurrent], [24 * MiB, 0], 'raised: everything back on the GPU');
+  let mark = prog.send('verify');
+  t.equal(await prog.line('VERIFIED', mark), 'VERIFIED ok 6', 'every byte survived the moves in');
+
+  await g.setMemoryLimit(4 * MiB);
+  t.same([g.memory.current, g.memory.swapCurrent], [4 * MiB, 20 * MiB], 'lowered: all but one moved out');
+  t.ok(g.memory.current <= g.memory.limit, 'under the limit');
+  mark = prog.send('verify');
+  t.equal(await prog.line('VERIFIED', mark), 'VERIFIED ok 6', 'every byte survived the moves out');
+  const rm = fs.readFileSync(log, 'utf8');
+  t.ok((rm.match(/cmd=0x2080110b/gi) ?? []).length >= 4, 'each move ran in a quiet window: channels stopped, then resumed');
+  t.equal(g.compute.frozen, false, 'and the process is not left frozen');
+
+  mark = prog.send('free');
+  await prog.line('FREED', mark);
+  t.same([g.memory.current, g.memory.swapCurrent], [0, 0]);
+});
+
 t.test('swap mode switched on at run time applies to later allocations', async (t) => {
   const shm = tmpShm(t);
   const prog = start(t, shm, 'direct', 'basic');

@@ -146,6 +146,19 @@ GVM_HIDDEN void gvm_memory_reset(void);
 GVM_HIDDEN void gvm_pools_refresh(void);
 GVM_HIDDEN void gvm_memory_forget_context(CUcontext ctx);
 
+/* ---- swap: moving allocations between GPU and host (memory.c keeps the records, swap.c moves) ---- */
+struct gvm_swap_candidate {
+  uint64_t va, size, handle, seq;
+};
+GVM_HIDDEN size_t gvm_swap_candidates(int gpu, bool on_device, struct gvm_swap_candidate *out, size_t room);
+GVM_HIDDEN bool gvm_swap_begin(uint64_t va, uint64_t handle);
+GVM_HIDDEN void gvm_swap_end(uint64_t va, bool moved, uint64_t new_handle, bool now_on_device);
+GVM_HIDDEN void gvm_swap_kick(void);
+GVM_HIDDEN int gvm_swap_start(void);
+GVM_HIDDEN void gvm_swap_stop(void);
+GVM_HIDDEN uint64_t gvm_swap_wait(uint64_t timeout_ms);
+GVM_HIDDEN void gvm_swap_reset(void); /* control thread: wait for a rebalance pass */
+
 /* ---- RM observer (rm_observer.c) ---- */
 GVM_HIDDEN void gvm_rm_reset(void);
 GVM_HIDDEN void gvm_rm_publish_all(void);
@@ -174,6 +187,9 @@ GVM_HIDDEN void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t sub
                                   uint32_t handle);
 GVM_HIDDEN void gvm_compute_release_all(void);
 GVM_HIDDEN void gvm_compute_reset(void);
+/* the mover's quiet window: the app's channels stopped (unless the user froze them already) */
+GVM_HIDDEN bool gvm_compute_quiesce(int gpu);
+GVM_HIDDEN void gvm_compute_resume(int gpu);
 GVM_HIDDEN void gvm_launch_gate_wait(void);
 /* every launch hook passes this gate first: one relaxed load unless a software freeze is in force */
 #define GVM_LAUNCH_GATE()                                                                \

@@ -43,6 +43,18 @@ void gvm_apply_command(struct gvm_command *cmd) {
       return;
     }
     GVM_STORE(&b->memory_limit, value);
+    if (GVM_LOAD(&b->memory_mode) == GVM_MEMORY_MODE_SWAP) {
+      /* the write returns once the mover has brought the GPU's bytes under (or back toward) the limit */
+      uint64_t waited = gvm_swap_wait(30000);
+      uint64_t cur = GVM_LOAD(&b->memory_current), swapped = GVM_LOAD(&b->memory_swap_current);
+      if (waited == UINT64_MAX)
+        answer(cmd, GVM_STATUS_OK, "limit set; moves still running (on GPU %llu, on host %llu)",
+               (unsigned long long)cur, (unsigned long long)swapped);
+      else
+        answer(cmd, GVM_STATUS_OK, "limit set in %llu ms: %llu bytes on the GPU, %llu on the host",
+               (unsigned long long)waited, (unsigned long long)cur, (unsigned long long)swapped);
+      return;
+    }
     uint64_t cur = GVM_LOAD(&b->memory_current);
     if (cur > value)
       answer(cmd, GVM_STATUS_OK, "limit set; %llu bytes over it: new allocations fail until usage drops",
@@ -57,6 +69,7 @@ void gvm_apply_command(struct gvm_command *cmd) {
       answer(cmd, GVM_STATUS_OK, "mode oom");
     } else if (value == GVM_MEMORY_MODE_SWAP) {
       GVM_STORE(&b->memory_mode, (uint32_t)GVM_MEMORY_MODE_SWAP);
+      gvm_swap_kick();
       answer(cmd, GVM_STATUS_OK, "mode swap: new allocations of 2 MiB or more past the limit live on the host");
     } else {
       answer(cmd, GVM_STATUS_INVALID, "memory.mode must be oom or swap");

@@ -9,6 +9,7 @@
  * creates a TSG or channel (new ones inherit the GPU's settings).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <stdio.h>
@@ -54,6 +55,8 @@ struct nvos54 {
 _Static_assert(sizeof(struct nvos54) == 32, "NVOS54");
 
 _Atomic uint32_t gvm_soft_frozen_mask; /* bit per GPU: launches wait at the hook */
+/* serialises every change of the channels' state: user freeze/thaw and the mover's quiet window */
+static pthread_mutex_t control_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int rm_allowed = -1;    /* -1 unknown, 0 no, 1 yes (driver version verified) */
 
 static bool driver_verified(void) {
@@ -174,7 +177,16 @@ static void soft_thaw(int gpu) {
   futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL);
 }
 
+static int freeze_locked(int gpu, bool freeze, char *msg, size_t room);
+
 int gvm_compute_freeze(int gpu, bool freeze, char *msg, size_t room) {
+  pthread_mutex_lock(&control_lock);
+  int st = freeze_locked(gpu, freeze, msg, room);
+  pthread_mutex_unlock(&control_lock);
+  return st;
+}
+
+static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   bool soft = atomic_load(&gvm_soft_frozen_mask) & (1u << gpu);
   if (!freeze) {
@@ -228,6 +240,40 @@ int gvm_compute_freeze(int gpu, bool freeze, char *msg, size_t room) {
   return GVM_STATUS_OK;
 }
 
+/*
+ * The mover's quiet window: every channel of the application stopped on this GPU, so nothing reads
+ * or writes a range while its physical side changes. The mover copies on its own context, whose
+ * channels are not the application's. Holds control_lock until gvm_compute_resume, so a user's thaw
+ * waits for the move to finish. False (and no lock held) when the RM path is not available.
+ */
+bool gvm_compute_quiesce(int gpu) {
+  if (!driver_verified()) return false;
+  pthread_mutex_lock(&control_lock);
+  struct gvm_rm_target t;
+  if (GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) return true;
+  if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) return true; /* no channel: nothing can run */
+  uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, true);
+  for (uint32_t i = 0; st == 0 && i < t.ntsg; i++) {
+    struct preempt_params p = {.wait = 1};
+    st = rm_control(t.fd, t.client, t.tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
+  }
+  if (st) {
+    disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
+    pthread_mutex_unlock(&control_lock);
+    GVM_LOG_ONCE(GVM_LOG_WARN, "cannot stop the process's channels for a move (RM status %#x)", st);
+    return false;
+  }
+  return true;
+}
+
+void gvm_compute_resume(int gpu) {
+  struct gvm_rm_target t;
+  bool user_frozen = GVM_LOAD(&gvm_block->gpu[gpu].frozen);
+  if (!user_frozen && gvm_rm_snapshot(gpu, &t) && t.nchan > 0)
+    disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
+  pthread_mutex_unlock(&control_lock);
+}
+
 /* ---- objects libcuda creates later inherit the GPU's settings (called outside the RM lock) ---- */
 void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass, uint32_t handle) {
   if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS) return;
@@ -269,4 +315,7 @@ void gvm_compute_release_all(void) {
   }
 }
 
-void gvm_compute_reset(void) { atomic_store(&gvm_soft_frozen_mask, 0); }
+void gvm_compute_reset(void) {
+  atomic_store(&gvm_soft_frozen_mask, 0);
+  pthread_mutex_init(&control_lock, NULL);
+}

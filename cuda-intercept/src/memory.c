@@ -7,12 +7,14 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "agent.h"
 #include "backing.h"
 #include "registry.h"
 
 static struct gvm_registry allocations = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static _Atomic uint64_t alloc_seq;
 
 #define MAX_POOLS 64
 struct pool_entry {
@@ -85,10 +87,19 @@ static void remember(uint64_t key, uint64_t size, int gpu, int kind, uint64_t au
 }
 
 static bool forget(uint64_t key, struct gvm_alloc *out) {
-  pthread_mutex_lock(&allocations.lock);
-  bool found = gvm_registry_take(&allocations, key, out);
-  pthread_mutex_unlock(&allocations.lock);
-  return found;
+  for (;;) {
+    pthread_mutex_lock(&allocations.lock);
+    struct gvm_alloc *a = gvm_registry_get(&allocations, key);
+    if (a && a->moving) { /* the mover is changing its physical side: wait for it, briefly */
+      pthread_mutex_unlock(&allocations.lock);
+      struct timespec ts = {0, 200000};
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    bool found = gvm_registry_take(&allocations, key, out);
+    pthread_mutex_unlock(&allocations.lock);
+    return found;
+  }
 }
 
 /* Gives back what an allocation counted; used by every free path. */
@@ -142,13 +153,73 @@ static CUresult swap_alloc(CUdeviceptr *dptr, uint64_t size, int gpu) {
   CUcontext ctx = NULL;
   if (gvm_real.p_cuCtxGetCurrent) gvm_real.p_cuCtxGetCurrent(&ctx);
   struct gvm_alloc a = {.size = rounded, .aux = (uint64_t)handle, .ctx = ctx, .gpu = gpu,
-                        .kind = GVM_ALLOC_SWAPPABLE, .on_device = on_device};
+                        .kind = GVM_ALLOC_SWAPPABLE, .on_device = on_device, .seq = atomic_fetch_add(&alloc_seq, 1)};
   pthread_mutex_lock(&allocations.lock);
   gvm_registry_put(&allocations, (uint64_t)*dptr, &a);
   pthread_mutex_unlock(&allocations.lock);
   atomic_fetch_add(&g->alloc_count, 1);
   gvm_publish_memory(gpu);
   return CUDA_SUCCESS;
+}
+
+/* ---- the mover's view of swappable allocations ---- */
+struct candidate_query {
+  int gpu;
+  bool on_device;
+  struct gvm_swap_candidate *out;
+  size_t room, count;
+};
+
+static bool collect(uint64_t key, struct gvm_alloc *a, void *arg) {
+  struct candidate_query *q = arg;
+  if (a->kind == GVM_ALLOC_SWAPPABLE && a->gpu == q->gpu && a->on_device == q->on_device && !a->moving &&
+      q->count < q->room)
+    q->out[q->count++] = (struct gvm_swap_candidate){key, a->size, a->aux, a->seq};
+  return false;
+}
+
+static int by_seq(const void *x, const void *y) {
+  const struct gvm_swap_candidate *a = x, *b = y;
+  return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+/* Swappable allocations of a GPU on one side, oldest first. */
+size_t gvm_swap_candidates(int gpu, bool on_device, struct gvm_swap_candidate *out, size_t room) {
+  struct candidate_query q = {gpu, on_device, out, room, 0};
+  pthread_mutex_lock(&allocations.lock);
+  gvm_registry_sweep(&allocations, collect, &q);
+  pthread_mutex_unlock(&allocations.lock);
+  qsort(out, q.count, sizeof *out, by_seq);
+  return q.count;
+}
+
+/* Claims an allocation for a move if it is still the one the candidate saw. */
+bool gvm_swap_begin(uint64_t va, uint64_t handle) {
+  pthread_mutex_lock(&allocations.lock);
+  struct gvm_alloc *a = gvm_registry_get(&allocations, va);
+  bool ok = a && a->kind == GVM_ALLOC_SWAPPABLE && a->aux == handle && !a->moving;
+  if (ok) a->moving = 1;
+  pthread_mutex_unlock(&allocations.lock);
+  return ok;
+}
+
+void gvm_swap_end(uint64_t va, bool moved, uint64_t new_handle, bool now_on_device) {
+  int gpu = -1;
+  pthread_mutex_lock(&allocations.lock);
+  struct gvm_alloc *a = gvm_registry_get(&allocations, va);
+  if (a) {
+    if (moved && a->on_device != now_on_device) {
+      struct gvm_gpu_state *g = &gvm_gpus[a->gpu];
+      atomic_fetch_sub(a->on_device ? &g->sync_bytes : &g->swap_bytes, a->size);
+      atomic_fetch_add(now_on_device ? &g->sync_bytes : &g->swap_bytes, a->size);
+      a->on_device = now_on_device;
+      a->aux = new_handle;
+    }
+    a->moving = 0;
+    gpu = a->gpu;
+  }
+  pthread_mutex_unlock(&allocations.lock);
+  gvm_publish_memory(gpu);
 }
 
 /* ---- plain device allocations ---- */
@@ -230,6 +301,7 @@ CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
   if (r == CUDA_SUCCESS) {
     release_counts(&a);
     if (a.kind == GVM_ALLOC_ASYNC) gvm_monitor_kick();
+    if (swap_mode(a.gpu) && atomic_load(&gvm_gpus[a.gpu].swap_bytes) > 0) gvm_swap_kick(); /* room to move back */
     gvm_publish_memory(a.gpu);
   } else {
     pthread_mutex_lock(&allocations.lock); /* the free failed: the allocation is still alive */

@@ -29,9 +29,10 @@ struct gvm_alloc {
   int32_t gpu;
   uint8_t kind;
   uint8_t released;   /* VMM_HANDLE: cuMemRelease seen */
-  uint8_t on_device;  /* VMM_HANDLE: physical memory on the GPU */
-  uint8_t pad;
+  uint8_t on_device;  /* VMM_HANDLE, SWAPPABLE: physical memory on the GPU */
+  uint8_t moving;     /* SWAPPABLE: the mover is changing its physical side; frees wait */
   uint32_t map_count; /* VMM_HANDLE: live mappings */
+  uint64_t seq;       /* SWAPPABLE: allocation order, oldest moves out first */
 };
 
 struct gvm_registry_slot {
