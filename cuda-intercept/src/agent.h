@@ -177,6 +177,7 @@ struct gvm_rm_target {
 };
 GVM_HIDDEN bool gvm_rm_snapshot(int gpu, struct gvm_rm_target *out);
 GVM_HIDDEN void gvm_rm_note_timeslice(uint32_t client, uint32_t tsg, uint64_t us);
+GVM_HIDDEN bool gvm_rm_compute_only(struct gvm_rm_target *t);
 GVM_HIDDEN int gvm_real_ioctl(int fd, unsigned long request, void *arg);
 
 /* ---- compute control (compute.c) ---- */

@@ -184,6 +184,31 @@ bool gvm_rm_snapshot(int gpu, struct gvm_rm_target *out) {
   return tsg0 != NULL && out->subdevice != 0;
 }
 
+/* Narrows a target to its compute (GR) channel groups and their channels; true if any remain. */
+bool gvm_rm_compute_only(struct gvm_rm_target *t) {
+  uint32_t ntsg = 0, nchan = 0;
+  uint32_t keep[GVM_MAX_TSGS];
+  pthread_mutex_lock(&rm_lock);
+  for (uint32_t i = 0; i < t->ntsg; i++)
+    if (t->tsg_engine[i] == RM_ENGINE_GR) {
+      keep[ntsg] = t->tsg[i];
+      t->tsg_engine[ntsg] = t->tsg_engine[i];
+      t->tsg[ntsg++] = t->tsg[i];
+    }
+  for (uint32_t i = 0; i < t->nchan; i++) {
+    const struct rm_object *c = lookup(t->client, t->chan[i]);
+    for (uint32_t k = 0; c && k < ntsg; k++)
+      if (c->parent == keep[k]) {
+        t->chan[nchan++] = t->chan[i];
+        break;
+      }
+  }
+  pthread_mutex_unlock(&rm_lock);
+  t->ntsg = ntsg;
+  t->nchan = nchan;
+  return nchan > 0;
+}
+
 void gvm_rm_note_timeslice(uint32_t client, uint32_t tsg, uint64_t us) {
   pthread_mutex_lock(&rm_lock);
   struct rm_object *o = lookup(client, tsg);

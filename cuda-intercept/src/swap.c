@@ -35,6 +35,39 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct tim
   return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, 0);
 }
 
+/*
+ * The driver creates a context's copy channels and loads its copy code lazily, on the first copy.
+ * That must happen before any quiet window: measured on the H100, a first copy issued while the
+ * application's channels were stopped never completed. So copy once, device to host, right away.
+ */
+static CUresult warm_up(int gpu) {
+  CUdevice dev = gvm_gpus[gpu].device;
+  CUdeviceptr a = 0, b = 0;
+  CUmemGenericAllocationHandle ha = 0, hb = 0;
+  CUresult r = gvm_backing_alloc(dev, GVM_BACKING_GRANULE, true, &a, &ha);
+  if (r != CUDA_SUCCESS) return r;
+  r = gvm_backing_alloc(dev, GVM_BACKING_GRANULE, false, &b, &hb);
+  if (r == CUDA_SUCCESS) {
+    r = GVM_REAL(cuMemcpyAsync, b, a, GVM_BACKING_GRANULE, mover_stream[gpu]);
+    if (r == CUDA_SUCCESS) r = GVM_REAL(cuMemcpyAsync, a, b, GVM_BACKING_GRANULE, mover_stream[gpu]);
+    if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
+    gvm_backing_free(b, GVM_BACKING_GRANULE, hb);
+  }
+  gvm_backing_free(a, GVM_BACKING_GRANULE, ha);
+  return r;
+}
+
+/* Waits for the mover's copy, but never forever: false if it is not done within the time. */
+static CUresult copy_done(int gpu, int timeout_ms) {
+  for (int waited = 0;; waited++) {
+    CUresult r = GVM_REAL(cuStreamQuery, mover_stream[gpu]);
+    if (r != CUDA_ERROR_NOT_READY) return r;
+    if (waited >= timeout_ms * 10) return CUDA_ERROR_TIMEOUT;
+    struct timespec ts = {0, 100000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 static bool ensure_context(int gpu) {
   if (mover_stream[gpu]) return GVM_REAL(cuCtxSetCurrent, mover_ctx[gpu]) == CUDA_SUCCESS;
   /* objects the driver allocates for this context are ours: keep them out of the app's freeze */
@@ -42,6 +75,7 @@ static bool ensure_context(int gpu) {
   CUresult r = GVM_REAL(cuCtxCreate_v2, &mover_ctx[gpu], 0, gvm_gpus[gpu].device);
   if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamCreate, &mover_stream[gpu], CU_STREAM_NON_BLOCKING);
   gvm_rm_set_creating_gpu(-1);
+  if (r == CUDA_SUCCESS) r = warm_up(gpu);
   if (r != CUDA_SUCCESS) {
     GVM_LOG_ONCE(GVM_LOG_ERROR, "cannot create the mover's context on GPU %d (%d); no moves", gpu, (int)r);
     mover_stream[gpu] = NULL;
@@ -50,9 +84,11 @@ static bool ensure_context(int gpu) {
   return true;
 }
 
+enum move_result { MOVE_DONE, MOVE_SKIPPED, MOVE_ABORTED /* the quiet window was ended early */ };
+
 /* Moves one allocation to the other side. The application is quiet while this runs. */
-static bool move_one(int gpu, const struct gvm_swap_candidate *c, bool to_device) {
-  if (!gvm_swap_begin(c->va, c->handle)) return false; /* freed or moved meanwhile */
+static enum move_result move_one(int gpu, const struct gvm_swap_candidate *c, bool to_device) {
+  if (!gvm_swap_begin(c->va, c->handle)) return MOVE_SKIPPED; /* freed or moved meanwhile */
   CUdevice dev = gvm_gpus[gpu].device;
   CUdeviceptr stage = 0;
   CUmemGenericAllocationHandle fresh = 0;
@@ -65,12 +101,22 @@ static bool move_one(int gpu, const struct gvm_swap_candidate *c, bool to_device
   }
   if (r != CUDA_SUCCESS) {
     gvm_swap_end(c->va, false, 0, false);
-    return false;
+    return MOVE_SKIPPED;
   }
+  gvm_log(GVM_LOG_DEBUG, "move %#llx (%llu bytes) to the %s: staging ready", (unsigned long long)c->va,
+          (unsigned long long)c->size, to_device ? "GPU" : "host");
   r = GVM_REAL(cuMemcpyAsync, stage, c->va, c->size, mover_stream[gpu]);
-  if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
+  if (r == CUDA_SUCCESS) r = copy_done(gpu, 10000);
+  bool aborted = r == CUDA_ERROR_TIMEOUT;
+  if (aborted) {
+    /* let the application run again, then wait for our copy before touching the staging range */
+    GVM_LOG_ONCE(GVM_LOG_ERROR, "a swap copy did not finish in 10 s while the process was stopped; moves abandoned");
+    gvm_compute_resume(gpu);
+    GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
+  }
+  gvm_log(GVM_LOG_DEBUG, "move %#llx: copied (%d)", (unsigned long long)c->va, (int)r);
   bool moved = false;
-  if (r == CUDA_SUCCESS && GVM_REAL(cuMemUnmap, c->va, c->size) == CUDA_SUCCESS) {
+  if (!aborted && r == CUDA_SUCCESS && GVM_REAL(cuMemUnmap, c->va, c->size) == CUDA_SUCCESS) {
     r = GVM_REAL(cuMemMap, c->va, c->size, 0, fresh, 0);
     if (r == CUDA_SUCCESS) r = GVM_REAL(cuMemSetAccess, c->va, c->size, &access, 1);
     if (r == CUDA_SUCCESS) {
@@ -87,7 +133,7 @@ static bool move_one(int gpu, const struct gvm_swap_candidate *c, bool to_device
   if (!moved) GVM_LOG_ONCE(GVM_LOG_WARN, "a move to the %s failed (%d); the range stays where it was",
                            to_device ? "GPU" : "host", (int)r);
   gvm_swap_end(c->va, moved, (uint64_t)fresh, to_device);
-  return moved;
+  return aborted ? MOVE_ABORTED : moved ? MOVE_DONE : MOVE_SKIPPED;
 }
 
 /* One pass for one GPU: pick what to move, then move it in one quiet window. */
@@ -109,13 +155,19 @@ static void rebalance(int gpu, struct gvm_swap_candidate *cands) {
     count = n - i;
   }
   if (count == 0 || !ensure_context(gpu)) return;
+  gvm_log(GVM_LOG_DEBUG, "mover: %zu allocation(s) to the %s; stopping the process's channels", count,
+          out ? "host" : "GPU");
   if (!gvm_compute_quiesce(gpu)) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "swap moves need the RM path to stop the process's channels; none done");
     return;
   }
-  for (size_t i = first; i < first + count; i++)
-    if (!move_one(gpu, &cands[i], !out) && !out) break; /* the GPU may be full for others: stop */
+  for (size_t i = first; i < first + count; i++) {
+    enum move_result m = move_one(gpu, &cands[i], !out);
+    if (m == MOVE_ABORTED) return; /* already resumed */
+    if (m != MOVE_DONE && !out) break; /* the GPU may be full for others: stop */
+  }
   gvm_compute_resume(gpu);
+  gvm_log(GVM_LOG_DEBUG, "mover: done, channels resumed");
 }
 
 static void *mover_main(void *arg) {

@@ -45,7 +45,13 @@ static double set_limit(uint64_t bytes, char *msg) {
   c->value = bytes;
   uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
   syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
-  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) usleep(100);
+  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) {
+    usleep(100);
+    if (now_ms() - t0 > 60000) {
+      printf("FAIL no answer to the limit command in 60 s\n");
+      exit(1);
+    }
+  }
   strcpy(msg, c->message);
   return now_ms() - t0;
 }
@@ -66,6 +72,7 @@ static void verify(CUdeviceptr *bufs, int n, size_t bytes, uint32_t *host, const
 }
 
 int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IONBF, 0);
   int n = argc > 1 ? atoi(argv[1]) : 8;
   size_t bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 1024) << 20;
   CU(cuInit(0));
