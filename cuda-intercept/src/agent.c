@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "backing.h"
 
 atomic_int gvm_active;
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -115,6 +116,7 @@ static void after_fork_child(void) {
   gvm_rm_reset();
   gvm_compute_reset();
   gvm_swap_reset();
+  gvm_backing_reset();
   started_pid = 0;
 }
 

@@ -12,6 +12,11 @@ CUresult gvm_backing_alloc(int device, uint64_t size, bool on_device, CUdevicept
                            CUmemGenericAllocationHandle *handle);
 CUresult gvm_backing_map(CUdeviceptr va, uint64_t size, int device, bool on_device,
                          CUmemGenericAllocationHandle *handle);
-CUresult gvm_backing_free(CUdeviceptr va, uint64_t size, CUmemGenericAllocationHandle handle);
+CUresult gvm_backing_free(CUdeviceptr va, uint64_t size, CUmemGenericAllocationHandle handle, bool on_device);
+/* physical memory: host-side handles come from and go back to a reusable pinned pool */
+CUresult gvm_backing_create(int device, uint64_t size, bool on_device, CUmemGenericAllocationHandle *handle);
+void gvm_backing_give_back(CUmemGenericAllocationHandle handle, uint64_t size, bool on_device);
+CUresult gvm_backing_attach(CUdeviceptr va, uint64_t size, int device, CUmemGenericAllocationHandle handle);
+void gvm_backing_reset(void);
 
 #endif

@@ -295,7 +295,7 @@ CUresult gvm_hook_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned
 CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
   struct gvm_alloc a;
   bool known = active() && dptr && forget((uint64_t)dptr, &a);
-  CUresult r = known && a.kind == GVM_ALLOC_SWAPPABLE ? gvm_backing_free(dptr, a.size, (CUmemGenericAllocationHandle)a.aux)
+  CUresult r = known && a.kind == GVM_ALLOC_SWAPPABLE ? gvm_backing_free(dptr, a.size, (CUmemGenericAllocationHandle)a.aux, a.on_device)
                                                       : GVM_REAL(cuMemFree_v2, dptr);
   if (!known) return r;
   if (r == CUDA_SUCCESS) {
@@ -611,6 +611,7 @@ struct ending_context {
   CUcontext ctx;
   struct swappable_range {
     uint64_t va, size, handle;
+    bool on_device;
   } *ranges;
   size_t count, room;
 };
@@ -621,7 +622,7 @@ static bool owned_by(uint64_t key, struct gvm_alloc *a, void *arg) {
   if (a->kind == GVM_ALLOC_SWAPPABLE) {
     /* the driver frees cuMemAlloc memory with its context; ours it does not know: free it after the sweep */
     if (end->count == end->room) return false; /* no room to remember it: keep it rather than leak the record */
-    end->ranges[end->count++] = (struct swappable_range){key, a->size, a->aux};
+    end->ranges[end->count++] = (struct swappable_range){key, a->size, a->aux, a->on_device};
   }
   release_counts(a);
   return true;
@@ -636,7 +637,8 @@ void gvm_memory_forget_context(CUcontext ctx) {
   gvm_registry_sweep(&allocations, owned_by, &end);
   pthread_mutex_unlock(&allocations.lock);
   for (size_t i = 0; i < end.count; i++)
-    gvm_backing_free(end.ranges[i].va, end.ranges[i].size, (CUmemGenericAllocationHandle)end.ranges[i].handle);
+    gvm_backing_free(end.ranges[i].va, end.ranges[i].size, (CUmemGenericAllocationHandle)end.ranges[i].handle,
+                     end.ranges[i].on_device);
   free(end.ranges);
   for (int g = 0; g < GVM_MAX_GPUS; g++) gvm_publish_memory(g);
 }

@@ -51,21 +51,10 @@ static CUresult warm_up(int gpu) {
     r = GVM_REAL(cuMemcpyAsync, b, a, GVM_BACKING_GRANULE, mover_stream[gpu]);
     if (r == CUDA_SUCCESS) r = GVM_REAL(cuMemcpyAsync, a, b, GVM_BACKING_GRANULE, mover_stream[gpu]);
     if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
-    gvm_backing_free(b, GVM_BACKING_GRANULE, hb);
+    gvm_backing_free(b, GVM_BACKING_GRANULE, hb, false);
   }
-  gvm_backing_free(a, GVM_BACKING_GRANULE, ha);
+  gvm_backing_free(a, GVM_BACKING_GRANULE, ha, true);
   return r;
-}
-
-/* Waits for the mover's copy, but never forever: false if it is not done within the time. */
-static CUresult copy_done(int gpu, int timeout_ms) {
-  for (int waited = 0;; waited++) {
-    CUresult r = GVM_REAL(cuStreamQuery, mover_stream[gpu]);
-    if (r != CUDA_ERROR_NOT_READY) return r;
-    if (waited >= timeout_ms * 10) return CUDA_ERROR_TIMEOUT;
-    struct timespec ts = {0, 100000};
-    nanosleep(&ts, NULL);
-  }
 }
 
 static bool ensure_context(int gpu) {
@@ -84,60 +73,117 @@ static bool ensure_context(int gpu) {
   return true;
 }
 
-enum move_result { MOVE_DONE, MOVE_SKIPPED, MOVE_ABORTED /* the quiet window was ended early */ };
+/* One allocation in a batch: its new physical memory, mapped at a staging range while copied. */
+struct move {
+  struct gvm_swap_candidate c;
+  CUdeviceptr stage;
+  CUmemGenericAllocationHandle fresh;
+  CUevent copied;
+  bool ready;
+};
 
-/* Moves one allocation to the other side. The application is quiet while this runs. */
-static enum move_result move_one(int gpu, const struct gvm_swap_candidate *c, bool to_device) {
-  if (!gvm_swap_begin(c->va, c->handle)) return MOVE_SKIPPED; /* freed or moved meanwhile */
+static bool prepare(int gpu, struct move *m, bool to_device) {
   CUdevice dev = gvm_gpus[gpu].device;
-  CUdeviceptr stage = 0;
-  CUmemGenericAllocationHandle fresh = 0;
-  CUmemAccessDesc access = {.location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = dev},
-                            .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
-  CUresult r = GVM_REAL(cuMemAddressReserve, &stage, c->size, GVM_BACKING_GRANULE, 0, 0);
+  if (!gvm_swap_begin(m->c.va, m->c.handle)) return false; /* freed or moved meanwhile */
+  CUresult r = GVM_REAL(cuMemAddressReserve, &m->stage, m->c.size, GVM_BACKING_GRANULE, 0, 0);
   if (r == CUDA_SUCCESS) {
-    r = gvm_backing_map(stage, c->size, dev, to_device, &fresh);
-    if (r != CUDA_SUCCESS) GVM_REAL(cuMemAddressFree, stage, c->size);
+    r = gvm_backing_create(dev, m->c.size, to_device, &m->fresh);
+    if (r == CUDA_SUCCESS) {
+      r = gvm_backing_attach(m->stage, m->c.size, dev, m->fresh);
+      if (r != CUDA_SUCCESS) gvm_backing_give_back(m->fresh, m->c.size, to_device);
+    }
+    if (r != CUDA_SUCCESS) GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
   }
+  if (r == CUDA_SUCCESS) r = GVM_REAL(cuEventCreate, &m->copied, CU_EVENT_DISABLE_TIMING);
   if (r != CUDA_SUCCESS) {
-    gvm_swap_end(c->va, false, 0, false);
-    return MOVE_SKIPPED;
+    if (m->stage) {
+      GVM_REAL(cuMemUnmap, m->stage, m->c.size);
+      GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
+      gvm_backing_give_back(m->fresh, m->c.size, to_device);
+    }
+    gvm_swap_end(m->c.va, false, 0, false);
+    return false;
   }
-  gvm_log(GVM_LOG_DEBUG, "move %#llx (%llu bytes) to the %s: staging ready", (unsigned long long)c->va,
-          (unsigned long long)c->size, to_device ? "GPU" : "host");
-  r = GVM_REAL(cuMemcpyAsync, stage, c->va, c->size, mover_stream[gpu]);
-  if (r == CUDA_SUCCESS) r = copy_done(gpu, 10000);
-  bool aborted = r == CUDA_ERROR_TIMEOUT;
-  if (aborted) {
-    /* let the application run again, then wait for our copy before touching the staging range */
-    GVM_LOG_ONCE(GVM_LOG_ERROR, "a swap copy did not finish in 10 s while the process was stopped; moves abandoned");
+  m->ready = true;
+  return true;
+}
+
+/* After the copy: the range takes its new physical memory; the old goes back (host side to the pool). */
+static void finish(int gpu, struct move *m, bool to_device, bool copied) {
+  CUdevice dev = gvm_gpus[gpu].device;
+  bool moved = false;
+  if (copied && GVM_REAL(cuMemUnmap, m->c.va, m->c.size) == CUDA_SUCCESS) {
+    moved = gvm_backing_attach(m->c.va, m->c.size, dev, m->fresh) == CUDA_SUCCESS;
+    if (!moved) /* put the old physical memory back where it was: nothing is lost */
+      gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
+  }
+  GVM_REAL(cuMemUnmap, m->stage, m->c.size);
+  GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
+  if (moved) gvm_backing_give_back((CUmemGenericAllocationHandle)m->c.handle, m->c.size, !to_device);
+  else gvm_backing_give_back(m->fresh, m->c.size, to_device);
+  GVM_REAL(cuEventDestroy_v2, m->copied);
+  if (!moved) GVM_LOG_ONCE(GVM_LOG_WARN, "a move to the %s failed; the range stays where it was", to_device ? "GPU" : "host");
+  gvm_swap_end(m->c.va, moved, (uint64_t)m->fresh, to_device);
+}
+
+/* Waits for one copy, but never past the deadline. */
+static CUresult wait_copied(CUevent e, uint64_t deadline_ns) {
+  for (;;) {
+    CUresult r = GVM_REAL(cuEventQuery, e);
+    if (r != CUDA_ERROR_NOT_READY) return r;
+    if (gvm_now_ns() > deadline_ns) return CUDA_ERROR_TIMEOUT;
+    struct timespec ts = {0, 50000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/*
+ * One quiet window: every copy is queued at once on the mover's stream, and each range is remapped
+ * as soon as its own copy is done, so remapping one overlaps the copies of the next ones.
+ */
+static void move_batch(int gpu, struct move *moves, size_t count, bool to_device) {
+  size_t ready = 0;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < count; i++)
+    if (prepare(gpu, &moves[i], to_device)) {
+      moves[ready++] = moves[i];
+      bytes += moves[i].c.size;
+    }
+  if (ready == 0) return;
+  if (!gvm_compute_quiesce(gpu)) {
+    GVM_LOG_ONCE(GVM_LOG_WARN, "swap moves need the RM path to stop the process's channels; none done");
+    for (size_t i = 0; i < ready; i++) finish(gpu, &moves[i], to_device, false);
+    return;
+  }
+  uint64_t t0 = gvm_now_ns();
+  for (size_t i = 0; i < ready; i++) {
+    CUresult r = GVM_REAL(cuMemcpyAsync, moves[i].stage, moves[i].c.va, moves[i].c.size, mover_stream[gpu]);
+    if (r == CUDA_SUCCESS) r = GVM_REAL(cuEventRecord, moves[i].copied, mover_stream[gpu]);
+    moves[i].ready = r == CUDA_SUCCESS;
+  }
+  /* at least 10 s, and 10 s per 10 GiB (the link does ~50 GB/s: this is far beyond it) */
+  uint64_t deadline = t0 + 10000000000ull + bytes;
+  size_t done = 0;
+  for (; done < ready; done++) {
+    CUresult r = moves[done].ready ? wait_copied(moves[done].copied, deadline) : CUDA_ERROR_UNKNOWN;
+    if (r == CUDA_ERROR_TIMEOUT) break;
+    finish(gpu, &moves[done], to_device, r == CUDA_SUCCESS);
+  }
+  if (done < ready) {
+    /* a copy is stuck while the process is stopped: let it run, wait for our copies, move nothing more */
+    GVM_LOG_ONCE(GVM_LOG_ERROR, "swap copies did not finish in time while the process was stopped; moves abandoned");
     gvm_compute_resume(gpu);
     GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
+    for (; done < ready; done++) finish(gpu, &moves[done], to_device, false);
+    return;
   }
-  gvm_log(GVM_LOG_DEBUG, "move %#llx: copied (%d)", (unsigned long long)c->va, (int)r);
-  bool moved = false;
-  if (!aborted && r == CUDA_SUCCESS && GVM_REAL(cuMemUnmap, c->va, c->size) == CUDA_SUCCESS) {
-    r = GVM_REAL(cuMemMap, c->va, c->size, 0, fresh, 0);
-    if (r == CUDA_SUCCESS) r = GVM_REAL(cuMemSetAccess, c->va, c->size, &access, 1);
-    if (r == CUDA_SUCCESS) {
-      moved = true;
-    } else { /* put the old physical memory back where it was: nothing is lost */
-      GVM_REAL(cuMemUnmap, c->va, c->size);
-      GVM_REAL(cuMemMap, c->va, c->size, 0, (CUmemGenericAllocationHandle)c->handle, 0);
-      GVM_REAL(cuMemSetAccess, c->va, c->size, &access, 1);
-    }
-  }
-  GVM_REAL(cuMemUnmap, stage, c->size);
-  GVM_REAL(cuMemAddressFree, stage, c->size);
-  GVM_REAL(cuMemRelease, moved ? (CUmemGenericAllocationHandle)c->handle : fresh);
-  if (!moved) GVM_LOG_ONCE(GVM_LOG_WARN, "a move to the %s failed (%d); the range stays where it was",
-                           to_device ? "GPU" : "host", (int)r);
-  gvm_swap_end(c->va, moved, (uint64_t)fresh, to_device);
-  return aborted ? MOVE_ABORTED : moved ? MOVE_DONE : MOVE_SKIPPED;
+  gvm_compute_resume(gpu);
+  gvm_log(GVM_LOG_DEBUG, "mover: %zu range(s), %llu bytes to the %s in %.1f ms", ready, (unsigned long long)bytes,
+          to_device ? "GPU" : "host", (double)(gvm_now_ns() - t0) / 1e6);
 }
 
 /* One pass for one GPU: pick what to move, then move it in one quiet window. */
-static void rebalance(int gpu, struct gvm_swap_candidate *cands) {
+static void rebalance(int gpu, struct gvm_swap_candidate *cands, struct move *moves) {
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   if (GVM_LOAD(&b->memory_mode) != GVM_MEMORY_MODE_SWAP) return;
   uint64_t limit = gvm_memory_limit(gpu), current = gvm_memory_current(gpu);
@@ -155,19 +201,8 @@ static void rebalance(int gpu, struct gvm_swap_candidate *cands) {
     count = n - i;
   }
   if (count == 0 || !ensure_context(gpu)) return;
-  gvm_log(GVM_LOG_DEBUG, "mover: %zu allocation(s) to the %s; stopping the process's channels", count,
-          out ? "host" : "GPU");
-  if (!gvm_compute_quiesce(gpu)) {
-    GVM_LOG_ONCE(GVM_LOG_WARN, "swap moves need the RM path to stop the process's channels; none done");
-    return;
-  }
-  for (size_t i = first; i < first + count; i++) {
-    enum move_result m = move_one(gpu, &cands[i], !out);
-    if (m == MOVE_ABORTED) return; /* already resumed */
-    if (m != MOVE_DONE && !out) break; /* the GPU may be full for others: stop */
-  }
-  gvm_compute_resume(gpu);
-  gvm_log(GVM_LOG_DEBUG, "mover: done, channels resumed");
+  for (size_t i = 0; i < count; i++) moves[i] = (struct move){.c = cands[first + i]};
+  move_batch(gpu, moves, count, !out);
 }
 
 static void *mover_main(void *arg) {
@@ -175,10 +210,11 @@ static void *mover_main(void *arg) {
   CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
   GVM_REAL(cuThreadExchangeStreamCaptureMode, &mode);
   struct gvm_swap_candidate *cands = malloc(MAX_MOVES * sizeof *cands);
+  struct move *moves = malloc(MAX_MOVES * sizeof *moves);
   while (!atomic_load(&mover_stopping)) {
     uint32_t wake = atomic_load(&mover_wake);
-    for (int g = 0; cands && g < GVM_MAX_GPUS; g++)
-      if (gvm_gpus[g].present) rebalance(g, cands);
+    for (int g = 0; cands && moves && g < GVM_MAX_GPUS; g++)
+      if (gvm_gpus[g].present) rebalance(g, cands, moves);
     atomic_store(&mover_done, wake);
     futex(&mover_done, FUTEX_WAKE, INT32_MAX, NULL);
     /* memory freed by others or by the app lets data come back: look again now and then */
@@ -186,6 +222,7 @@ static void *mover_main(void *arg) {
     if (atomic_load(&mover_wake) == wake) futex(&mover_wake, FUTEX_WAIT_PRIVATE, wake, &ts);
   }
   free(cands);
+  free(moves);
   return NULL;
 }
 

@@ -117,6 +117,16 @@ int main(int argc, char **argv) {
          msg, in_ms, moved / in_ms / 1e6);
   failures += g->memory_swap_current != 0;
   verify(bufs, n, bytes, host, "after moving it back");
+  /* a second round: the host memory given back by the first is reused from the pool */
+  out_ms = set_limit(half, msg);
+  printf("%s lowered again (warm pool): %s (%.1f ms, %.1f GB/s device->host)\n",
+         g->memory_swap_current == moved ? "ok  " : "FAIL", msg, out_ms, moved / out_ms / 1e6);
+  failures += g->memory_swap_current != moved;
+  in_ms = set_limit(g->total_bytes, msg);
+  printf("%s raised again: %s (%.1f ms, %.1f GB/s host->device)\n", g->memory_swap_current == 0 ? "ok  " : "FAIL", msg,
+         in_ms, moved / in_ms / 1e6);
+  failures += g->memory_swap_current != 0;
+  verify(bufs, n, bytes, host, "after the second round");
   for (int i = 0; i < n; i++) CU(cuMemFree(bufs[i]));
   printf("%s memory.current back to %llu after frees (swap %llu)\n", g->memory_current == base ? "ok  " : "FAIL",
          (unsigned long long)g->memory_current, (unsigned long long)g->memory_swap_current);
