@@ -1,0 +1,44 @@
+"""Latency-critical side: every 10 ms a request of 8 back-to-back 2048x2048 bf16 matmuls, then a sync.
+Prints PID, warms up, then measures for --seconds and writes {"start","stop","latencies_ms"} to --out."""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--seconds", type=float, default=6.0)
+ap.add_argument("--out", required=True)
+args = ap.parse_args()
+print("PID", os.getpid(), flush=True)
+a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+
+
+def request():
+    x = a
+    for _ in range(8):
+        x = x @ b
+    torch.cuda.synchronize()
+
+
+for _ in range(50):
+    request()
+lat = []
+start = time.time()
+next_t = time.perf_counter()
+while time.time() - start < args.seconds:
+    next_t += 0.010
+    t0 = time.perf_counter()
+    request()
+    lat.append((time.perf_counter() - t0) * 1e3)
+    delay = next_t - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+    else:
+        next_t = time.perf_counter()
+stop = time.time()
+with open(args.out, "w") as f:
+    json.dump({"start": start, "stop": stop, "latencies_ms": lat}, f)
+print("DONE", len(lat), flush=True)
