@@ -356,6 +356,14 @@ t.test('swap mode: a raised limit brings data back, a lowered one moves the olde
   const rm = fs.readFileSync(log, 'utf8');
   t.ok((rm.match(/cmd=0x2080110b/gi) ?? []).length >= 4, 'each move ran in a quiet window: channels stopped, then resumed');
   t.equal(g.compute.frozen, false, 'and the process is not left frozen');
+  t.equal(g.rm().tsgs.length, 4, "the mover's own context is not listed among the process's channel groups");
+  const lines = rm.split('\n');
+  const disables = lines.filter((l) => /cmd=0x2080110b/i.test(l) && /params=01/i.test(l));
+  t.ok(disables.length >= 2, 'moves stopped channels');
+  t.ok(
+    disables.every((l) => Buffer.from(/params=([0-9a-f]+)/i.exec(l)![1]!, 'hex').readUInt32LE(4) === 11),
+    "each stop listed exactly the process's 11 channels (compute and copy), none of the mover's",
+  );
 
   mark = prog.send('free');
   await prog.line('FREED', mark);

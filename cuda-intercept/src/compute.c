@@ -247,16 +247,15 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
  * waits for the move to finish. False (and no lock held) when the RM path is not available.
  */
 /*
- * Which of the application's channels a move stops (GVM_SWAP_QUIESCE=compute|all|all-nopreempt-ce).
- * Measured on the H100 (driver 580): with the application's copy channels disabled, copies issued
- * by a second context of the same process never ran; with only its compute channels stopped, they
- * did. So the default stops compute; the application's own copies are not held during a move.
+ * Which of the application's channels a move stops (GVM_SWAP_QUIESCE=all|compute|all-nopreempt-ce).
+ * The default stops all of them, copies included, so nothing the application queued can touch a
+ * range while it moves; the mover copies on its own context, whose channels are never stopped.
  */
 static int quiesce_style(void) {
   static int style = -1;
   if (style < 0) {
     const char *v = getenv("GVM_SWAP_QUIESCE");
-    style = v && strcmp(v, "all") == 0 ? 0 : v && strcmp(v, "all-nopreempt-ce") == 0 ? 2 : 1;
+    style = v && strcmp(v, "compute") == 0 ? 1 : v && strcmp(v, "all-nopreempt-ce") == 0 ? 2 : 0;
   }
   return style;
 }

@@ -70,7 +70,8 @@ static void record_alloc(int fd, uint32_t client, uint32_t parent, uint32_t hand
   if ((klass == RM_CLASS_TSG && params && params_size >= 16) || (klass == RM_CLASS_DEVICE && params && params_size >= 4))
     memcpy(&engine, params + (klass == RM_CLASS_TSG ? RM_TSG_ENGINE_TYPE_OFFSET : 0), 4);
   struct rm_object *up = lookup(client, parent);
-  int gpu = creating_gpu >= 0 ? creating_gpu : (up ? up->gpu : -1);
+  /* -1: not tagged (inherit from the parent); >= 0: a CUDA ordinal; < -1: the agent's own objects */
+  int gpu = creating_gpu != -1 ? creating_gpu : (up ? up->gpu : -1);
   *slot = (struct rm_object){client, parent, handle, klass, engine, fd, gpu, true, 0};
   if (gpu >= 0 && up && up->klass == RM_CLASS_DEVICE) adopt_gpu(up, gpu);
   if (gpu >= 0 && up && up->klass == RM_CLASS_TSG) {
