@@ -106,6 +106,14 @@ export interface NativeAddon {
   setErrorClass(cls: typeof GvmError): void;
   layout(): NativeLayout;
   processStartTime(pid: number): number | null;
+  /** gvmd's FUSE tree (native/fuse_tree.cc), served on FUSE's own threads until unmounted. */
+  mountTree(mountPoint: string, shmDir: string, allowOther: boolean): NativeMount;
+  unmountTree(mount: NativeMount): void;
+}
+
+/** An opaque handle of a mounted tree. */
+export interface NativeMount {
+  readonly __mount: unique symbol;
 }
 
 let addon: NativeAddon | undefined;

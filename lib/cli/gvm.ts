@@ -11,6 +11,8 @@ import * as path from 'node:path';
 import { GvmError, isGvmError } from '../errors';
 import { Gvm, GvmGpu, GvmKey, GvmProcess } from '../index';
 import { agentPath, packageRoot } from '../paths';
+import { main as daemonMain } from '../daemon/gvmd';
+import { runTop, SortKey } from '../top/top';
 import { formatBytes, parseBytes } from '../units';
 
 class UsageError extends Error {
@@ -33,6 +35,8 @@ Commands:
   freeze PID[:GPU]                 stop the process's GPU work (every GPU when none is given)
   thaw PID[:GPU]                   let a frozen process run again
   debug rm PID[:GPU]               show the RM client, TSGs and channels the agent recorded
+  top [--once] [--sort KEY]        a live view of every GPU and process (KEY: memory, rate, pid, priority)
+  daemon [options]                 run gvmd: the GVM file tree over FUSE and Prometheus metrics
   help [COMMAND]                   show help for gvm or a command
 
 Options:
@@ -94,6 +98,13 @@ Keys:
   compute.freeze 0|1    same as gvm thaw / gvm freeze
   memory.limit SIZE     bytes, or K/M/G/T (1K = 1024); at most the GPU's size
   memory.mode oom|swap  what happens past the limit
+`,
+  top: `Usage: gvm top [--once] [--sort memory|rate|pid|priority]
+
+A live view, refreshed every second, of every GPU and every process under gvm: memory (current
+against the limit, swap beside), priority, frozen, kernels per second and pending.
+Keys: s cycles the sort, j/k or the arrows select a row, f freezes and t thaws the selected
+process on that GPU, q quits. --once prints one frame and exits (for scripts).
 `,
   freeze: `Usage: gvm freeze PID[:GPU]
 
@@ -542,6 +553,25 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdFreeze(rest, false);
       case 'debug':
         return await cmdDebug(rest);
+      case 'daemon':
+        return await daemonMain(rest);
+      case 'top': {
+        let once = false;
+        let sort: SortKey = 'memory';
+        for (let i = 0; i < rest.length; i++) {
+          const a = rest[i]!;
+          if (a === '--once') once = true;
+          else if (a === '--sort') {
+            const v = rest[++i];
+            if (v !== 'memory' && v !== 'rate' && v !== 'pid' && v !== 'priority') throw new UsageError(`--sort must be memory, rate, pid or priority, not '${v}'`, 'top');
+            sort = v;
+          } else if (isHelp(a)) {
+            out(USAGE.top!);
+            return 0;
+          } else throw new UsageError(`unexpected argument '${a}'`, 'top');
+        }
+        return await runTop({ once, sort });
+      }
       default:
         throw new UsageError(`unknown command '${command}'`, undefined);
     }

@@ -1,0 +1,104 @@
+/**
+ * Prometheus metrics of every process under gvm, read from the control blocks at scrape time.
+ * prom-client's collect() hooks fill the metrics from one snapshot per scrape.
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+
+import { Gvm, GvmProcess } from '../index';
+
+const LABELS = ['pid', 'gpu', 'user', 'command'] as const;
+
+export interface MetricsOptions {
+  shmDir?: string;
+}
+
+export interface GvmMetrics {
+  registry: Registry;
+  /** Reads every block once; call before each scrape (prom-client collects metrics concurrently). */
+  refresh(): Promise<void>;
+}
+
+export function createMetrics(options: MetricsOptions = {}): GvmMetrics {
+  const registry = new Registry();
+  let snapshot: Array<{ labels: Record<(typeof LABELS)[number], string>; proc: GvmProcess; gpu: number }> = [];
+
+  const gauge = (name: string, help: string, value: (p: GvmProcess, ordinal: number) => number): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: LABELS,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of snapshot) this.set(s.labels, value(s.proc, s.gpu));
+      },
+    });
+  };
+  const counter = (name: string, help: string, value: (p: GvmProcess, ordinal: number) => number): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: LABELS,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of snapshot) this.inc(s.labels, value(s.proc, s.gpu));
+      },
+    });
+  };
+
+  let processCount = 0;
+  const refresh = async (): Promise<void> => {
+    snapshot.forEach((s) => s.proc.close());
+    snapshot = [];
+    const procs = await Gvm.processes({ shmDir: options.shmDir });
+    processCount = procs.length;
+    for (const proc of procs) {
+      if (proc.gpus.length === 0) proc.close();
+      for (const g of proc.gpus) {
+        const command = proc.command.length > 120 ? `${proc.command.slice(0, 117)}...` : proc.command;
+        snapshot.push({ proc, gpu: g.ordinal, labels: { pid: String(proc.pid), gpu: String(g.index), user: proc.user, command } });
+      }
+    }
+  };
+  new Gauge({
+    name: 'gvm_processes',
+    help: 'Processes running under the gvm agent',
+    registers: [registry],
+    collect() {
+      this.set(processCount);
+    },
+  });
+  gauge('gvm_memory_used_bytes', 'Device memory the process holds on the GPU (memory.current)', (p, o) => p.gpu(o).memory.current);
+  gauge('gvm_memory_limit_bytes', 'The memory limit in force (memory.limit)', (p, o) => p.gpu(o).memory.limit);
+  gauge('gvm_memory_swap_bytes', 'Device allocations living in host memory (memory.swap.current)', (p, o) => p.gpu(o).memory.swapCurrent);
+  gauge('gvm_compute_priority', 'Compute priority 0..15, lower is more important', (p, o) => p.gpu(o).compute.priority);
+  gauge('gvm_compute_frozen', '1 while the process is frozen on the GPU', (p, o) => (p.gpu(o).compute.frozen ? 1 : 0));
+  counter('gvm_kernels_submitted_total', 'Kernels the process launched on the GPU', (p, o) => p.gpu(o).kernels.submitted);
+  counter('gvm_kernels_ended_total', 'Kernels known to have finished', (p, o) => p.gpu(o).kernels.ended);
+  gauge('gvm_kernels_pending', 'Kernels launched and not yet finished', (p, o) => p.gpu(o).kernels.pending);
+
+  // GPU totals, summed over the processes that see each GPU
+  const perGpu = (name: string, help: string, value: (p: GvmProcess, ordinal: number) => number, once = false): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['gpu'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const sums = new Map<string, number>();
+        for (const s of snapshot) {
+          const v = value(s.proc, s.gpu);
+          sums.set(s.labels.gpu, once ? v : (sums.get(s.labels.gpu) ?? 0) + v);
+        }
+        for (const [gpu, v] of sums) this.set({ gpu }, v);
+      },
+    });
+  };
+  perGpu('gvm_gpu_memory_total_bytes', 'The GPU\'s device memory', (p, o) => p.gpu(o).totalBytes, true);
+  perGpu('gvm_gpu_memory_used_bytes', 'Device memory held by processes under gvm', (p, o) => p.gpu(o).memory.current);
+  perGpu('gvm_gpu_memory_swap_bytes', 'Their allocations living in host memory', (p, o) => p.gpu(o).memory.swapCurrent);
+  perGpu('gvm_gpu_processes', 'Processes under gvm using the GPU', () => 1);
+  return { registry, refresh };
+}
