@@ -106,9 +106,42 @@ export interface NativeAddon {
   setErrorClass(cls: typeof GvmError): void;
   layout(): NativeLayout;
   processStartTime(pid: number): number | null;
-  /** gvmd's FUSE tree (native/fuse_tree.cc), served on FUSE's own threads until unmounted. */
+}
+
+/** gvmd's FUSE tree (native/fuse_tree.cc, its own gvm_fuse.node so only gvmd needs libfuse3). */
+export interface NativeFuse {
   mountTree(mountPoint: string, shmDir: string, allowOther: boolean): NativeMount;
   unmountTree(mount: NativeMount): void;
+}
+
+let fuseAddon: NativeFuse | undefined;
+
+/** Loads gvm_fuse.node (GVM_FUSE_ADDON_PATH, the prebuild, or the build); EGVM_IO says what was tried. */
+export function nativeFuse(): NativeFuse {
+  if (fuseAddon !== undefined) return fuseAddon;
+  const override = process.env.GVM_FUSE_ADDON_PATH;
+  const tried =
+    override !== undefined && override !== ''
+      ? [path.resolve(override)]
+      : [
+          path.join(packageRoot, 'build', 'Release', 'fuse', 'gvm_fuse.node'),
+          path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'fuse', 'gvm_fuse.node'),
+        ];
+  const errors: string[] = [];
+  for (const file of tried) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      fuseAddon = require(file) as NativeFuse;
+      return fuseAddon;
+    } catch (e) {
+      errors.push(`${file}: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new GvmError(
+    `cannot load gvmd's FUSE addon. Tried:\n  ${errors.join('\n  ')}\n` +
+      'It needs libfuse3 (Debian: apt-get install fuse3 libfuse3-dev) and a build (npm install).',
+    'EGVM_IO',
+  );
 }
 
 /** An opaque handle of a mounted tree. */

@@ -253,7 +253,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("layout", Napi::Function::New(env, LayoutFn, "layout"));
   exports.Set("processStartTime", Napi::Function::New(env, ProcessStartTime, "processStartTime"));
-  InitFuseTree(env, exports);
   return exports;
 }
 

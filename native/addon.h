@@ -46,6 +46,5 @@ Napi::Value U64Number(Napi::Env env, uint64_t v);
 
 Napi::Function InitControlBlock(Napi::Env env, AddonData* data);
 Napi::Object Layout(Napi::Env env);
-void InitFuseTree(Napi::Env env, Napi::Object exports);
 
 }  // namespace gvm

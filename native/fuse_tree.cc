@@ -29,7 +29,8 @@
 #include <thread>
 #include <vector>
 
-#include "addon.h"
+#include <napi.h>
+
 #include "block_command.h"
 #include "gvm/control_block.h"
 
@@ -511,11 +512,19 @@ void Unmount(Mount* m) {
   m->mounted = false;
 }
 
+[[noreturn]] void Fail(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  throw e;
+}
+
 Napi::Value MountTree(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string mountPoint = ArgString(info, 0, "mountTree", "mountPoint");
-  g_shmDir = ArgString(info, 1, "mountTree", "shmDir");
-  bool allowOther = ArgBool(info, 2, "mountTree", "allowOther");
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsBoolean())
+    Fail(env, "EGVM_INVALID", "mountTree(mountPoint: string, shmDir: string, allowOther: boolean)");
+  std::string mountPoint = info[0].As<Napi::String>();
+  g_shmDir = info[1].As<Napi::String>();
+  bool allowOther = info[2].As<Napi::Boolean>();
   ReadPciOrder();
   static struct fuse_operations ops;
   ops.getattr = DoGetattr;
@@ -533,12 +542,12 @@ Napi::Value MountTree(const Napi::CallbackInfo& info) {
   m->fuse = fuse_new(&args, &ops, sizeof ops, nullptr);
   if (!m->fuse) {
     delete m;
-    Throw(env, kIo, "fuse_new failed (is libfuse3 usable here?)");
+    Fail(env, "EGVM_IO", "fuse_new failed (is libfuse3 usable here?)");
   }
   if (fuse_mount(m->fuse, mountPoint.c_str()) != 0) {
     fuse_destroy(m->fuse);
     delete m;
-    Throw(env, kIo, "cannot mount the gvm tree at " + mountPoint + " (is /dev/fuse there, and are we root?)");
+    Fail(env, "EGVM_IO", "cannot mount the gvm tree at " + mountPoint + " (is /dev/fuse there, and are we root?)");
   }
   m->mounted = true;
   m->loop = std::thread([f = m->fuse] { fuse_loop_mt(f, 0); });
@@ -550,16 +559,20 @@ Napi::Value MountTree(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value UnmountTree(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsExternal()) Throw(info.Env(), kInvalid, "unmountTree: expected a mount handle");
+  if (info.Length() < 1 || !info[0].IsExternal()) Fail(info.Env(), "EGVM_INVALID", "unmountTree: expected a mount handle");
   Unmount(info[0].As<Napi::External<Mount>>().Data());
   return info.Env().Undefined();
 }
 
-}  // namespace
-
-void InitFuseTree(Napi::Env env, Napi::Object exports) {
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mountTree", Napi::Function::New(env, MountTree, "mountTree"));
   exports.Set("unmountTree", Napi::Function::New(env, UnmountTree, "unmountTree"));
+  return exports;
 }
 
+}  // namespace
 }  // namespace gvm
+
+// A module of its own (gvm_fuse.node), so the main addon never needs libfuse3.
+static Napi::Object InitFuse(Napi::Env env, Napi::Object exports) { return gvm::Init(env, exports); }
+NODE_API_MODULE(gvm_fuse, InitFuse)

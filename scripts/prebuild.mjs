@@ -38,6 +38,16 @@ if (!fs.existsSync(agent)) {
 }
 fs.copyFileSync(agent, dest);
 run('strip', ['--strip-unneeded', dest]);
+
+// gvmd's FUSE tree is a module of its own (only gvmd needs libfuse3), in a sub-folder so that
+// node-gyp-build never mistakes it for the main addon.
+const fuse = path.join(root, 'build', 'Release', 'fuse', 'gvm_fuse.node');
+if (fs.existsSync(fuse)) {
+  fs.mkdirSync(path.join(dir, 'fuse'), { recursive: true });
+  const fuseDest = path.join(dir, 'fuse', 'gvm_fuse.node');
+  fs.copyFileSync(fuse, fuseDest);
+  run('strip', ['--strip-unneeded', fuseDest]);
+}
 for (const f of fs.readdirSync(dir)) {
   if (f !== 'libgvm.so' && !f.endsWith('.node')) fs.rmSync(path.join(dir, f));
 }

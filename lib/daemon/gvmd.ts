@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 
 import { GvmError, isGvmError } from '../errors';
-import { native } from '../native';
+import { nativeFuse } from '../native';
 import { shmDir } from '../paths';
 import { createMetrics } from './metrics';
 
@@ -65,7 +65,7 @@ function clearStaleMount(dir: string): void {
 
 export async function runDaemon(options: DaemonOptions): Promise<() => Promise<void>> {
   clearStaleMount(options.mount);
-  const mount = native().mountTree(options.mount, options.shmDir, true);
+  const mount = nativeFuse().mountTree(options.mount, options.shmDir, true);
   process.stderr.write(`gvmd: file tree mounted at ${options.mount} (control blocks in ${options.shmDir})\n`);
   let server: http.Server | null = null;
   if (options.metricsPort !== null) {
@@ -90,7 +90,7 @@ export async function runDaemon(options: DaemonOptions): Promise<() => Promise<v
   }
   return async () => {
     if (server) await new Promise<void>((r) => server!.close(() => r()));
-    native().unmountTree(mount);
+    nativeFuse().unmountTree(mount);
     process.stderr.write('gvmd: unmounted\n');
   };
 }
