@@ -53,14 +53,18 @@ async function startDaemon(t: Tap.Test, mount: string, shm: string): Promise<Dae
   return { child, port, log };
 }
 
-function startAgent(t: Tap.Test, shm: string): Promise<{ pid: number; child: ChildProcess; deviceBytes: number }> {
+function startAgent(
+  t: Tap.Test,
+  shm: string,
+  extraEnv: NodeJS.ProcessEnv = { GVM_RM_ANY_DRIVER: '1' },
+): Promise<{ pid: number; child: ChildProcess; deviceBytes: number }> {
   const child = spawn(path.join(FAKE, 'bin', 'gvm-prog-direct'), ['basic'], {
     env: {
       ...process.env,
       LD_PRELOAD: `${path.join(RELEASE, 'libgvm.so')}:${path.join(FAKE, 'libgvmfakerm.so')}`,
       LD_LIBRARY_PATH: FAKE,
       GVM_SHM_DIR: shm,
-      GVM_RM_ANY_DRIVER: '1',
+      ...extraEnv,
     },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
@@ -233,6 +237,21 @@ t.test('permissions: a process\'s files belong to its user; others may read, not
   t.equal(sh(`echo 3 > ${dir}/compute.priority`, uid).status, 0, 'the owner may write');
   t.equal(sh(`cat ${dir}/compute.priority`).stdout, '3\n');
   t.equal(sh(`echo 4 > ${dir}/compute.priority`).status, 0, 'root may write');
+});
+
+t.test('a failure inside the agent comes back as EIO, with the reason in the daemon\'s log', async (t) => {
+  const shm = tmpDir(t, 'gvm-shm-', 0o1777);
+  const mount = tmpDir(t, 'gvm-mnt-');
+  // without a verified driver the agent cannot set priorities: it answers "unsupported"
+  const agent = await startAgent(t, shm, {});
+  const daemon = await startDaemon(t, mount, shm);
+  const r = sh(`/usr/bin/printf 3 > ${mount}/processes/${agent.pid}/0/compute.priority`);
+  t.match(r.stderr, /Input\/output error/, 'EIO');
+  await new Promise((res) => setTimeout(res, 200));
+  t.ok(
+    daemon.log.some((l) => /compute\.priority of process \d+ GPU 0 = 3: agent status 2: .*unsupported/.test(l)),
+    `the agent's reason is logged: ${daemon.log.join(' | ')}`,
+  );
 });
 
 t.test('restart-safe: killing gvmd loses no setting, and a new gvmd replaces the stale mount', async (t) => {

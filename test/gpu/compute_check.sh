@@ -9,7 +9,8 @@ GVM="node dist/cli/gvm.js"
 fails=0
 ok() { echo "ok   $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-iters() { cut -d' ' -f1 "$1" 2>/dev/null || echo 0; }
+# the loop rewrites its progress file each iteration: a read may land on the empty, truncated file
+iters() { local v=""; for _ in 1 2 3 4 5; do v=$(cut -d' ' -f1 "$1" 2>/dev/null); [ -n "$v" ] && break; sleep 0.01; done; echo "${v:-0}"; }
 tmp=$(mktemp -d)
 
 # 1. freeze / thaw a running PyTorch loop

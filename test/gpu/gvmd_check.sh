@@ -1,0 +1,38 @@
+#!/bin/bash
+# Device check of gvmd: the FUSE tree over a real PyTorch process, as GVM's README shows it:
+# cat memory.current, echo 1 > compute.freeze stops its progress, echo 0 resumes it.
+set -u
+cd "$(dirname "$0")/../.."
+GVM="node dist/cli/gvm.js"
+fails=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+# the loop rewrites its progress file each iteration: a read may land on the empty, truncated file
+iters() { local v=""; for _ in 1 2 3 4 5; do v=$(cut -d' ' -f1 "$1" 2>/dev/null); [ -n "$v" ] && break; sleep 0.01; done; echo "${v:-0}"; }
+tmp=$(mktemp -d); mnt=$tmp/mnt
+LOOP_SECONDS=20 $GVM run -- python3 test/gpu/compute_loop.py "$tmp/p" > "$tmp/o" 2>&1 &
+for _ in $(seq 100); do grep -q '^PID' "$tmp/o" 2>/dev/null && [ -s "$tmp/p" ] && break; sleep 0.1; done
+pid=$(awk '/^PID/{print $2}' "$tmp/o")
+node dist/daemon/gvmd.js --mount "$mnt" --metrics-port 0 > "$tmp/gvmd.log" 2>&1 &
+gvmd=$!
+for _ in $(seq 50); do [ -d "$mnt/processes/$pid" ] && break; sleep 0.1; done
+dir=$mnt/processes/$pid/0
+cur=$(cat "$dir/memory.current") && [ "$cur" = "$($GVM get "$pid" memory.current)" ] && ok "cat memory.current: $cur (same as gvm get)" || bad "memory.current: '$cur'"
+head -3 "$dir/gcgroup.stat" | sed 's/^/     /'
+echo 1 > "$dir/compute.freeze" && a=$(iters "$tmp/p") && sleep 2 && b=$(iters "$tmp/p")
+[ "$a" = "$b" ] && ok "echo 1 > compute.freeze: no progress in 2 s (iteration $a)" || bad "progress while frozen: $a -> $b"
+echo 0 > "$dir/compute.freeze" && sleep 1 && c=$(iters "$tmp/p")
+[ "$c" -gt "$b" ] && ok "echo 0 > compute.freeze: progress resumed ($b -> $c)" || bad "no progress after thaw"
+echo 15 > "$dir/compute.priority" && [ "$(cat "$dir/compute.priority")" = 15 ] && ok "echo 15 > compute.priority" || bad "priority"
+echo 999 > "$dir/compute.priority" 2>/dev/null && bad "priority 999 accepted" || ok "priority 999 refused"
+python3 - "$dir/memory.current" <<'PY'
+import sys, time
+t = time.perf_counter()
+for _ in range(200):
+    with open(sys.argv[1]) as f: f.read()
+print("     one open+read+close of memory.current: %.3f ms" % ((time.perf_counter() - t) / 200 * 1e3))
+PY
+kill -TERM $gvmd; wait $gvmd; kill %1 2>/dev/null; wait
+cat "$tmp/gvmd.log"
+echo "gvmd check: $fails failure(s)"
+exit $((fails > 0))
