@@ -49,7 +49,7 @@ if (fs.existsSync(fuse)) {
   run('strip', ['--strip-unneeded', fuseDest]);
 }
 for (const f of fs.readdirSync(dir)) {
-  if (f !== 'libgvm.so' && !f.endsWith('.node')) fs.rmSync(path.join(dir, f));
+  if (f !== 'libgvm.so' && f !== 'fuse' && !f.endsWith('.node')) fs.rmSync(path.join(dir, f));
 }
 console.log(`gvm prebuild: ${fs.readdirSync(dir).map((f) => path.join(path.relative(root, dir), f)).join(', ')}`);
 
