@@ -10,9 +10,8 @@ import * as readline from 'node:readline';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { RELEASE, ROOT } from './helpers';
+import { ROOT, startFakeAgent } from './helpers';
 
-const FAKE = path.join(ROOT, 'build', 'fake');
 const GVMD = path.join(ROOT, 'dist', 'daemon', 'gvmd.js');
 const MiB = 1 << 20;
 
@@ -53,33 +52,6 @@ async function startDaemon(t: Tap.Test, mount: string, shm: string): Promise<Dae
   return { child, port, log };
 }
 
-function startAgent(
-  t: Tap.Test,
-  shm: string,
-  extraEnv: NodeJS.ProcessEnv = { GVM_RM_ANY_DRIVER: '1' },
-): Promise<{ pid: number; child: ChildProcess; deviceBytes: number }> {
-  const child = spawn(path.join(FAKE, 'bin', 'gvm-prog-direct'), ['basic'], {
-    env: {
-      ...process.env,
-      LD_PRELOAD: `${path.join(RELEASE, 'libgvm.so')}:${path.join(FAKE, 'libgvmfakerm.so')}`,
-      LD_LIBRARY_PATH: FAKE,
-      GVM_SHM_DIR: shm,
-      ...extraEnv,
-    },
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  return new Promise((resolve, reject) => {
-    readline.createInterface({ input: child.stdout! }).on('line', (l) => {
-      if (!l.startsWith('READY ')) return;
-      const r = JSON.parse(l.slice(6)) as { pid: number; gpus: Record<string, { deviceBytes: number }> };
-      resolve({ pid: r.pid, child, deviceBytes: r.gpus['0']!.deviceBytes });
-    });
-    child.on('exit', (c) => reject(new Error(`agent program exited ${c}`)));
-  });
-}
 
 /** Runs a shell command, as root or as another uid. */
 function sh(cmd: string, uid?: number): { status: number | null; stdout: string; stderr: string } {
@@ -143,7 +115,7 @@ t.test('FUSE is available (CI must provide /dev/fuse)', async (t) => {
 t.test('the GVM file tree: cat, echo and ls over a real agent process', async (t) => {
   const shm = tmpDir(t, 'gvm-shm-', 0o1777);
   const mount = tmpDir(t, 'gvm-mnt-');
-  const agent = await startAgent(t, shm);
+  const agent = await startFakeAgent(t, shm);
   const daemon = await startDaemon(t, mount, shm);
   const dir = `${mount}/processes/${agent.pid}/0`;
 
@@ -223,7 +195,7 @@ t.test('permissions: a process\'s files belong to its user; others may read, not
     t.equal(r.status, 0, `useradd gvmtest: ${r.stderr}`);
   }
   const uid = Number(spawnSync('id', ['-u', 'gvmtest'], { encoding: 'utf8' }).stdout.trim());
-  const agent = await startAgent(t, shm);
+  const agent = await startFakeAgent(t, shm);
   // the block is the user's in real life (the agent creates it as that user); hand this one over
   fs.chownSync(path.join(shm, String(agent.pid)), uid, uid);
   await startDaemon(t, mount, shm);
@@ -243,7 +215,7 @@ t.test('a failure inside the agent comes back as EIO, with the reason in the dae
   const shm = tmpDir(t, 'gvm-shm-', 0o1777);
   const mount = tmpDir(t, 'gvm-mnt-');
   // without a verified driver the agent cannot set priorities: it answers "unsupported"
-  const agent = await startAgent(t, shm, {});
+  const agent = await startFakeAgent(t, shm, {});
   const daemon = await startDaemon(t, mount, shm);
   const r = sh(`/usr/bin/printf 3 > ${mount}/processes/${agent.pid}/0/compute.priority`);
   t.match(r.stderr, /Input\/output error/, 'EIO');
@@ -257,7 +229,7 @@ t.test('a failure inside the agent comes back as EIO, with the reason in the dae
 t.test('restart-safe: killing gvmd loses no setting, and a new gvmd replaces the stale mount', async (t) => {
   const shm = tmpDir(t, 'gvm-shm-', 0o1777);
   const mount = tmpDir(t, 'gvm-mnt-');
-  const agent = await startAgent(t, shm);
+  const agent = await startFakeAgent(t, shm);
   const first = await startDaemon(t, mount, shm);
   const dir = `${mount}/processes/${agent.pid}/0`;
   t.equal(sh(`echo 16M > ${dir}/memory.limit`).status, 0);

@@ -104,3 +104,39 @@ export function nodeScript(code: string, options: { args?: string[]; env?: NodeJ
     timeout: 60000,
   });
 }
+
+/**
+ * Starts a program of the fake driver (build/fake) under the real agent, scenario "basic"; resolves
+ * with its pid and device bytes once it printed READY. It waits on stdin ("exit" ends it).
+ */
+export function startFakeAgent(
+  t: Teardown,
+  shm: string,
+  env: NodeJS.ProcessEnv = { GVM_RM_ANY_DRIVER: '1' },
+): Promise<{ pid: number; child: ChildProcess; deviceBytes: number }> {
+  const fake = path.join(ROOT, 'build', 'fake');
+  const child = spawn(path.join(fake, 'bin', 'gvm-prog-direct'), ['basic'], {
+    env: {
+      ...process.env,
+      LD_PRELOAD: `${path.join(RELEASE, 'libgvm.so')}:${path.join(fake, 'libgvmfakerm.so')}`,
+      LD_LIBRARY_PATH: fake,
+      GVM_SHM_DIR: shm,
+      ...env,
+    },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const line = buf.split('\n').find((l) => l.startsWith('READY '));
+      if (!line) return;
+      const r = JSON.parse(line.slice(6)) as { pid: number; gpus: Record<string, { deviceBytes: number }> };
+      resolve({ pid: r.pid, child, deviceBytes: r.gpus['0']?.deviceBytes ?? 0 });
+    });
+    child.on('exit', (c) => reject(new Error(`fake agent program exited ${c}`)));
+  });
+}

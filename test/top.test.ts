@@ -1,37 +1,13 @@
 // gvm top: one frame for scripts (--once) against a known process, and the live view in tmux driven
 // with keys: the selected process is frozen with 'f' and thawed with 't', and 'q' quits.
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import * as readline from 'node:readline';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { CLI, RELEASE, ROOT, tmpShm } from './helpers';
+import { CLI, startFakeAgent, tmpShm } from './helpers';
 
-const FAKE = path.join(ROOT, 'build', 'fake');
 
-function startAgent(t: Tap.Test, shm: string): Promise<{ pid: number; child: ChildProcess }> {
-  const child = spawn(path.join(FAKE, 'bin', 'gvm-prog-direct'), ['basic'], {
-    env: {
-      ...process.env,
-      LD_PRELOAD: `${path.join(RELEASE, 'libgvm.so')}:${path.join(FAKE, 'libgvmfakerm.so')}`,
-      LD_LIBRARY_PATH: FAKE,
-      GVM_SHM_DIR: shm,
-      GVM_RM_ANY_DRIVER: '1',
-    },
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  return new Promise((resolve, reject) => {
-    readline.createInterface({ input: child.stdout! }).on('line', (l) => {
-      if (l.startsWith('READY ')) resolve({ pid: (JSON.parse(l.slice(6)) as { pid: number }).pid, child });
-    });
-    child.on('exit', (c) => reject(new Error(`agent program exited ${c}`)));
-  });
-}
 
 const tmux = (...args: string[]) => spawnSync('tmux', args, { encoding: 'utf8' });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -50,7 +26,7 @@ async function screenUntil(session: string, re: RegExp, ms = 5000): Promise<stri
 t.test('gvm top --once prints the known state', async (t) => {
   const shm = tmpShm(t);
   fs.chmodSync(shm, 0o1777);
-  const { pid } = await startAgent(t, shm);
+  const { pid } = await startFakeAgent(t, shm);
   const r = spawnSync(process.execPath, [CLI, 'top', '--once'], { encoding: 'utf8', env: { ...process.env, GVM_SHM_DIR: shm } });
   t.equal(r.status, 0, r.stderr);
   const lines = r.stdout.split('\n');
@@ -66,7 +42,7 @@ t.test('gvm top live in tmux: f freezes the selected process, t thaws it, q quit
   t.equal(tmux('-V').status, 0, 'tmux is installed');
   const shm = tmpShm(t);
   fs.chmodSync(shm, 0o1777);
-  const { pid } = await startAgent(t, shm);
+  const { pid } = await startFakeAgent(t, shm);
   const session = `gvmtop${process.pid}`;
   t.teardown(() => tmux('kill-session', '-t', session));
   const started = tmux('new-session', '-d', '-s', session, '-x', '140', '-y', '30', `GVM_SHM_DIR=${shm} ${process.execPath} ${CLI} top`);
