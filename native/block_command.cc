@@ -27,7 +27,6 @@ long Futex(uint32_t* addr, int op, uint32_t val, const struct timespec* timeout)
   return syscall(SYS_futex, addr, op, val, timeout, nullptr, 0);
 }
 
-
 }  // namespace
 
 void SleepMs(int64_t ms) {
@@ -84,6 +83,13 @@ void RunCommand(CommandBaton* b) {
     }
     int64_t left = deadline - MonotonicMs();
     if (left <= 0) break;
+    if (b->stillThere) {
+      if (!b->stillThere()) {
+        b->gone = true;
+        break;
+      }
+      if (left > 50) left = 50;
+    }
     struct timespec ts = {static_cast<time_t>(left / 1000), static_cast<long>((left % 1000) * 1000000)};
     Futex(&cmd->applied_seq, FUTEX_WAIT, applied, &ts);  // EAGAIN, EINTR, ETIMEDOUT: re-check
   }
@@ -94,12 +100,14 @@ void RunCommand(CommandBaton* b) {
     memcpy(msg, cmd->message, GVM_MESSAGE_MAX);
     msg[GVM_MESSAGE_MAX] = '\0';
     b->message.assign(msg, strnlen(msg, GVM_MESSAGE_MAX));
+  } else if (b->gone) {
+    b->status = GVM_STATUS_NO_GPU;
+    b->message = "the process exited before answering";
   } else {
     b->status = GVM_STATUS_TIMEOUT;
     b->message = "the agent did not answer within " + std::to_string(b->timeoutMs) + " ms";
   }
   flock(b->fd, LOCK_UN);
 }
-
 
 }  // namespace gvm

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -21,10 +22,14 @@ struct CommandBaton {
   uint32_t gpu = 0;
   uint64_t value = 0;
   int64_t timeoutMs = 0;
+  // optional: asked every 50 ms while waiting for the answer; false ends the wait (gone = true), so a
+  // process that exits mid-command is reported at once instead of at the timeout
+  std::function<bool()> stillThere;
   // outputs
   int32_t status = GVM_STATUS_OK;
   uint32_t seq = 0;
   std::string message;
+  bool gone = false;  // stillThere() said the process went away before answering
   int err = 0;  // errno of a failed system call (then errWhat names it)
   const char* errWhat = nullptr;
 };

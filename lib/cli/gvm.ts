@@ -12,7 +12,7 @@ import { GvmError, isGvmError } from '../errors';
 import { Gvm, GvmGpu, GvmKey, GvmProcess } from '../index';
 import { agentPath, packageRoot } from '../paths';
 import { main as daemonMain } from '../daemon/gvmd';
-import { runTop, SortKey } from '../top/top';
+import { isSortKey, runTop, SortKey } from '../top/top';
 import { formatBytes, parseBytes } from '../units';
 
 class UsageError extends Error {
@@ -563,7 +563,7 @@ export async function main(argv: string[]): Promise<number> {
           if (a === '--once') once = true;
           else if (a === '--sort') {
             const v = rest[++i];
-            if (v !== 'memory' && v !== 'rate' && v !== 'pid' && v !== 'priority') throw new UsageError(`--sort must be memory, rate, pid or priority, not '${v}'`, 'top');
+            if (!isSortKey(v)) throw new UsageError(`--sort must be memory, rate, pid or priority, not '${v}'`, 'top');
             sort = v;
           } else if (isHelp(a)) {
             out(USAGE.top!);

@@ -4,14 +4,11 @@
  * Prometheus metrics. Settings live in the processes' control blocks, so gvmd can be restarted at any
  * time: nothing is lost and running processes do not notice. See docs/gvmd.md.
  */
-import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as http from 'node:http';
-
 import { GvmError, isGvmError } from '../errors';
-import { nativeFuse } from '../native';
 import { shmDir } from '../paths';
-import { createMetrics } from './metrics';
+import { prepareMountPoint } from './mountpoint';
+import { MetricsServer, serveMetrics } from './server';
+import { mountTree } from './tree';
 
 export const USAGE = `Usage: gvmd [--mount DIR] [--shm-dir DIR] [--metrics-host HOST] [--metrics-port N | --no-metrics]
 
@@ -49,49 +46,38 @@ export function parseArgs(args: string[]): DaemonOptions {
   return o;
 }
 
-/** A mount left by a killed daemon answers ENOTCONN: detach it before mounting again. */
-function clearStaleMount(dir: string): void {
-  try {
-    fs.statSync(dir);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOTCONN') {
-      process.stderr.write(`gvmd: ${dir} is a stale mount from an earlier gvmd; detaching it\n`);
-      spawnSync('fusermount3', ['-uz', dir]);
-      spawnSync('umount', ['-l', dir]);
-    }
-  }
-  fs.mkdirSync(dir, { recursive: true });
+/** A running daemon; stop() closes the metrics server and unmounts the tree. */
+export interface Daemon {
+  metricsPort: number | null;
+  stop(): Promise<void>;
 }
 
-export async function runDaemon(options: DaemonOptions): Promise<() => Promise<void>> {
-  clearStaleMount(options.mount);
-  const mount = nativeFuse().mountTree(options.mount, options.shmDir, true);
-  process.stderr.write(`gvmd: file tree mounted at ${options.mount} (control blocks in ${options.shmDir})\n`);
-  let server: http.Server | null = null;
+/** Log lines go to standard error (the journal under systemd). */
+export function log(line: string): void {
+  process.stderr.write(`gvmd: ${line}\n`);
+}
+
+export async function runDaemon(options: DaemonOptions): Promise<Daemon> {
+  prepareMountPoint(options.mount, log);
+  const tree = mountTree(options.mount, options.shmDir, log);
+  log(`file tree mounted at ${options.mount} (control blocks in ${options.shmDir})`);
+  let metrics: MetricsServer | null = null;
   if (options.metricsPort !== null) {
-    const { registry, refresh } = createMetrics({ shmDir: options.shmDir });
-    server = http.createServer((req, res) => {
-      if (req.url !== '/metrics') {
-        res.writeHead(404).end('see /metrics\n');
-        return;
-      }
-      refresh().then(() => registry.metrics()).then(
-        (text) => res.writeHead(200, { 'Content-Type': registry.contentType }).end(text),
-        (e: unknown) => res.writeHead(500).end(`${String(e)}\n`),
-      );
-    });
-    await new Promise<void>((resolve, reject) => {
-      server!.once('error', reject);
-      server!.listen(options.metricsPort!, options.metricsHost, resolve);
-    });
-    const addr = server.address();
-    const port = typeof addr === 'object' && addr ? addr.port : options.metricsPort;
-    process.stderr.write(`gvmd: metrics on http://${options.metricsHost}:${port}/metrics\n`);
+    try {
+      metrics = await serveMetrics(options.metricsHost, options.metricsPort, options.shmDir);
+    } catch (e) {
+      tree.unmount();
+      throw e;
+    }
+    log(`metrics on http://${options.metricsHost}:${metrics.port}/metrics`);
   }
-  return async () => {
-    if (server) await new Promise<void>((r) => server!.close(() => r()));
-    nativeFuse().unmountTree(mount);
-    process.stderr.write('gvmd: unmounted\n');
+  return {
+    metricsPort: metrics?.port ?? null,
+    async stop(): Promise<void> {
+      await metrics?.close();
+      tree.unmount();
+      log(`unmounted ${options.mount}`);
+    },
   };
 }
 
@@ -107,18 +93,20 @@ export async function main(args: string[]): Promise<number> {
     process.stderr.write(`gvmd: ${(e as Error).message}\n\n${USAGE}`);
     return 2;
   }
+  // listen before mounting, so a signal at any time ends in a clean unmount
+  let requestStop: () => void = () => undefined;
+  const stopRequested = new Promise<void>((resolve) => (requestStop = resolve));
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => requestStop());
   try {
-    const stop = await runDaemon(options);
+    const daemon = await runDaemon(options);
     // FUSE serves from native threads, which do not keep Node's loop alive: a timer does
     const alive = setInterval(() => undefined, 1 << 30);
-    await new Promise<void>((resolve) => {
-      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, () => resolve());
-    });
+    await stopRequested;
     clearInterval(alive);
-    await stop();
+    await daemon.stop();
     return 0;
   } catch (e) {
-    process.stderr.write(`gvmd: ${isGvmError(e) ? `${e.message} (${e.code})` : String(e)}\n`);
+    log(isGvmError(e) ? `${e.message} (${e.code})` : String(e));
     return 1;
   }
 }

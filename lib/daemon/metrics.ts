@@ -100,5 +100,19 @@ export function createMetrics(options: MetricsOptions = {}): GvmMetrics {
   perGpu('gvm_gpu_memory_used_bytes', 'Device memory held by processes under gvm', (p, o) => p.gpu(o).memory.current);
   perGpu('gvm_gpu_memory_swap_bytes', 'Their allocations living in host memory', (p, o) => p.gpu(o).memory.swapCurrent);
   perGpu('gvm_gpu_processes', 'Processes under gvm using the GPU', () => 1);
+  perGpu('gvm_gpu_kernels_pending', 'Kernels launched on the GPU and not yet finished, over its processes', (p, o) => p.gpu(o).kernels.pending);
+  new Gauge({
+    name: 'gvm_gpu_info',
+    help: 'The GPU\'s name and UUID (always 1)',
+    labelNames: ['gpu', 'name', 'uuid'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of snapshot) {
+        const g = s.proc.gpu(s.gpu);
+        this.set({ gpu: s.labels.gpu, name: g.name, uuid: g.uuid }, 1);
+      }
+    },
+  });
   return { registry, refresh };
 }

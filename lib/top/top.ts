@@ -1,105 +1,14 @@
 /**
- * gvm top: a live view of every GPU and every process under gvm: memory bars (current against the
- * limit, swap beside), priority, frozen, kernel rate and pending. Keys: s sort, j/k or arrows select,
- * f freeze, t thaw, q quit. `--once` prints one frame for scripts.
+ * gvm top: a live view of every GPU and every process under gvm (memory bars with the limit and
+ * swap, priority, frozen, kernel rate and pending), redrawn about every second. Keys: s sort, j/k or
+ * the arrows select, f freeze and t thaw the selected process on that GPU, q quit. `--once` prints
+ * one frame for scripts.
  */
-import { Gvm, GvmProcess } from '../index';
-import { formatBytes } from '../units';
+import { Gvm } from '../index';
+import { renderFrame } from './render';
+import { RateMemory, readRows, Row, SORT_KEYS, SortKey, sortRows } from './rows';
 
-export type SortKey = 'memory' | 'rate' | 'pid' | 'priority';
-const SORTS: readonly SortKey[] = ['memory', 'rate', 'pid', 'priority'];
-
-export interface Row {
-  pid: number;
-  user: string;
-  gpu: number;
-  gpuName: string;
-  total: number;
-  current: number;
-  limit: number;
-  swap: number;
-  priority: number;
-  frozen: boolean;
-  submitted: number;
-  pending: number;
-  rate: number; // kernels per second since the last frame
-  command: string;
-}
-
-/** One reading of every block; rates come from the previous reading. */
-export async function readRows(previous: Map<string, { submitted: number; at: number }>, shmDir?: string): Promise<Row[]> {
-  const now = Date.now();
-  const procs: GvmProcess[] = await Gvm.processes({ shmDir });
-  const rows: Row[] = [];
-  for (const p of procs) {
-    for (const g of p.gpus) {
-      const s = g.snapshot();
-      const key = `${p.pid}:${g.index}`;
-      const before = previous.get(key);
-      const rate = before && now > before.at ? ((s.kernels.submitted - before.submitted) * 1000) / (now - before.at) : 0;
-      previous.set(key, { submitted: s.kernels.submitted, at: now });
-      rows.push({
-        pid: p.pid,
-        user: p.user,
-        gpu: g.index,
-        gpuName: g.name,
-        total: g.totalBytes,
-        current: s.memory.current,
-        limit: s.memory.limit,
-        swap: s.memory.swapCurrent,
-        priority: s.compute.priority,
-        frozen: s.compute.frozen,
-        submitted: s.kernels.submitted,
-        pending: s.kernels.pending,
-        rate,
-        command: p.command,
-      });
-    }
-    p.close();
-  }
-  return rows;
-}
-
-export function sortRows(rows: Row[], key: SortKey): Row[] {
-  const by: Record<SortKey, (a: Row, b: Row) => number> = {
-    memory: (a, b) => b.current - a.current || a.pid - b.pid,
-    rate: (a, b) => b.rate - a.rate || a.pid - b.pid,
-    pid: (a, b) => a.pid - b.pid,
-    priority: (a, b) => a.priority - b.priority || a.pid - b.pid,
-  };
-  return [...rows].sort((a, b) => a.gpu - b.gpu || by[key](a, b));
-}
-
-function bar(used: number, of: number, width: number): string {
-  const n = of > 0 ? Math.min(width, Math.round((used / of) * width)) : 0;
-  return `[${'#'.repeat(n)}${'.'.repeat(width - n)}]`;
-}
-
-/** The whole screen as text; `selected` indexes the sorted rows. */
-export function renderFrame(rows: Row[], sort: SortKey, selected: number, width = 120): string {
-  const lines: string[] = [];
-  const gpus = [...new Set(rows.map((r) => r.gpu))].sort((a, b) => a - b);
-  lines.push(`gvm top  ${new Date().toISOString().slice(11, 19)}  ${rows.length} process-GPU row(s)  sort: ${sort}  keys: s sort  j/k select  f freeze  t thaw  q quit`);
-  if (rows.length === 0) lines.push('', 'no process is running under gvm (start one with: gvm run -- CMD)');
-  let index = 0;
-  for (const gpu of gpus) {
-    const mine = rows.filter((r) => r.gpu === gpu);
-    const used = mine.reduce((a, r) => a + r.current, 0);
-    const swap = mine.reduce((a, r) => a + r.swap, 0);
-    const total = mine[0]!.total;
-    lines.push('');
-    lines.push(`GPU ${gpu}  ${mine[0]!.gpuName}  ${bar(used, total, 30)} ${formatBytes(used)} / ${formatBytes(total)}  swap ${formatBytes(swap)}  ${mine.length} process(es)`);
-    lines.push('    PID  USER      PRIO  STATE    MEMORY (current of limit)               SWAP        KERNELS/S   PENDING  COMMAND');
-    for (const r of mine) {
-      const mark = index === selected ? '>' : ' ';
-      const mem = `${bar(r.current, r.limit, 16)} ${formatBytes(r.current)} / ${formatBytes(r.limit)}`;
-      const fixed = `${mark}${String(r.pid).padStart(6)}  ${r.user.slice(0, 8).padEnd(8)}  ${String(r.priority).padStart(4)}  ${(r.frozen ? 'frozen' : 'running').padEnd(7)}  ${mem.padEnd(40)} ${formatBytes(r.swap).padEnd(10)}  ${r.rate.toFixed(0).padStart(9)}  ${String(r.pending).padStart(8)}  `;
-      lines.push(fixed + r.command.slice(0, Math.max(10, width - fixed.length)));
-      index++;
-    }
-  }
-  return lines.join('\n') + '\n';
-}
+export { isSortKey, SORT_KEYS, SortKey } from './rows';
 
 export interface TopOptions {
   once: boolean;
@@ -108,65 +17,117 @@ export interface TopOptions {
   intervalMs?: number;
 }
 
-export async function runTop(options: TopOptions): Promise<number> {
-  const previous = new Map<string, { submitted: number; at: number }>();
-  if (options.once) {
-    await readRows(previous, options.shmDir);
-    await new Promise((r) => setTimeout(r, 200)); // a short second reading gives kernel rates
-    const rows = sortRows(await readRows(previous, options.shmDir), options.sort);
-    process.stdout.write(renderFrame(rows, options.sort, -1, process.stdout.columns ?? 200));
-    return 0;
+/** One frame for scripts: two readings 200 ms apart, so kernel rates are real. */
+async function printOnce(options: TopOptions): Promise<number> {
+  const previous: RateMemory = new Map();
+  await readRows(previous, options.shmDir);
+  await new Promise((r) => setTimeout(r, 200));
+  const rows = sortRows(await readRows(previous, options.shmDir), options.sort);
+  process.stdout.write(renderFrame(rows, options.sort, -1, process.stdout.columns ?? 200));
+  return 0;
+}
+
+/** Freezes or thaws one process on one GPU; resolves with the line to show. */
+async function freezeRow(row: Row, freeze: boolean, shmDir?: string): Promise<string> {
+  try {
+    using p = await Gvm.process(row.pid, { shmDir });
+    const g = p.gpuByIndex(row.gpu);
+    const r = freeze ? await g.freeze() : await g.thaw();
+    return `${row.pid}:${row.gpu} ${r.message}`;
+  } catch (e) {
+    return `${row.pid}:${row.gpu} ${(e as Error).message}`;
   }
+}
+
+/** Keys typed quickly (or sent by tmux) arrive together: one entry per key, arrows kept whole. */
+export function splitKeys(input: string): string[] {
+  const keys: string[] = [];
+  for (let i = 0; i < input.length; ) {
+    const n = input.startsWith('\x1b[', i) && i + 2 < input.length ? 3 : 1;
+    keys.push(input.slice(i, i + n));
+    i += n;
+  }
+  return keys;
+}
+
+const ENTER = '\x1b[?1049h\x1b[?25l'; // alternate screen, cursor hidden
+const LEAVE = '\x1b[?25h\x1b[?1049l';
+
+export async function runTop(options: TopOptions): Promise<number> {
+  if (options.once) return printOnce(options);
+  const out = process.stdout;
+  const stdin = process.stdin;
+  const previous: RateMemory = new Map();
   let sort = options.sort;
   let selected = 0;
+  let selectedKey: string | undefined; // pid:gpu, so the selection follows its row when the order changes
   let rows: Row[] = [];
   let message = '';
+
   const draw = (): void => {
+    if (selectedKey !== undefined) {
+      const i = rows.findIndex((r) => `${r.pid}:${r.gpu}` === selectedKey);
+      if (i >= 0) selected = i;
+    }
     selected = Math.max(0, Math.min(selected, rows.length - 1));
-    process.stdout.write(`\x1b[H\x1b[2J${renderFrame(rows, sort, selected, process.stdout.columns ?? 120)}${message ? `\n${message}\n` : ''}`);
+    const row = rows[selected];
+    selectedKey = row ? `${row.pid}:${row.gpu}` : undefined;
+    const frame = renderFrame(rows, sort, selected, out.columns ?? 120);
+    out.write(`\x1b[H\x1b[2J${frame}${message ? `\n${message}\n` : ''}`);
   };
   const refresh = async (): Promise<void> => {
-    rows = sortRows(await readRows(previous, options.shmDir), sort);
+    try {
+      rows = sortRows(await readRows(previous, options.shmDir), sort);
+    } catch (e) {
+      message = `cannot read the control blocks: ${(e as Error).message}`;
+    }
     draw();
   };
+
+  out.write(ENTER);
   await refresh();
   const timer = setInterval(() => void refresh(), options.intervalMs ?? 1000);
+  out.on('resize', draw);
   return new Promise<number>((resolve) => {
-    const stdin = process.stdin;
-    if (stdin.isTTY) stdin.setRawMode(true);
-    stdin.resume();
     const quit = (): void => {
       clearInterval(timer);
+      out.off('resize', draw);
       if (stdin.isTTY) stdin.setRawMode(false);
       stdin.pause();
-      process.stdout.write('\n');
+      out.write(LEAVE);
       resolve(0);
     };
+    process.once('SIGTERM', quit);
+    if (stdin.isTTY) stdin.setRawMode(true);
+    stdin.resume();
     stdin.on('data', (data: Buffer) => {
-      const key = data.toString();
-      if (key === 'q' || key === '\u0003') return quit();
-      if (key === 's') sort = SORTS[(SORTS.indexOf(sort) + 1) % SORTS.length]!;
-      else if (key === 'j' || key === '\x1b[B') selected++;
-      else if (key === 'k' || key === '\x1b[A') selected--;
-      else if (key === 'f' || key === 't') {
-        const row = rows[selected];
-        if (row) {
-          const freeze = key === 'f';
-          void (async () => {
-            try {
-              using p = await Gvm.process(row.pid, { shmDir: options.shmDir });
-              const g = p.gpuByIndex(row.gpu);
-              const r = freeze ? await g.freeze() : await g.thaw();
-              message = `${row.pid}:${row.gpu} ${r.message}`;
-            } catch (e) {
-              message = `${row.pid}:${row.gpu} ${(e as Error).message}`;
-            }
-            await refresh();
-          })();
-        }
+      for (const key of splitKeys(data.toString())) {
+        if (onKey(key) === 'quit') return quit();
       }
-      rows = sortRows(rows, sort);
       draw();
     });
+    const onKey = (key: string): 'quit' | undefined => {
+      if (key === 'q' || key === '\u0003') return 'quit';
+      if (key === 's') {
+        sort = SORT_KEYS[(SORT_KEYS.indexOf(sort) + 1) % SORT_KEYS.length]!;
+        rows = sortRows(rows, sort);
+      } else if (key === 'j' || key === '\x1b[B') {
+        selected = Math.min(selected + 1, rows.length - 1);
+        selectedKey = undefined;
+      } else if (key === 'k' || key === '\x1b[A') {
+        selected = Math.max(selected - 1, 0);
+        selectedKey = undefined;
+      } else if (key === 'f' || key === 't') {
+        const row = rows[selected];
+        if (row) {
+          message = `${key === 'f' ? 'freezing' : 'thawing'} ${row.pid}:${row.gpu} ...`;
+          void freezeRow(row, key === 'f', options.shmDir).then((line) => {
+            message = line;
+            return refresh();
+          });
+        }
+      }
+      return undefined;
+    };
   });
 }

@@ -1,0 +1,177 @@
+// gvmd's view of the control blocks: a short-lived cache of which processes are live, each with one
+// read-only mapping shared by every FUSE thread that reads it.
+#include "fuse_blocks.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "block_command.h"
+
+namespace gvm {
+namespace fuse {
+namespace {
+
+std::string g_shmDir = GVM_SHM_DIR;
+std::vector<std::string> g_pciOrder;  // machine GPU order, read once at start
+
+struct Cached {
+  BlockRef block;
+  int64_t checkedMs = 0;
+};
+
+std::mutex g_lock;  // guards the two below
+std::map<int, Cached> g_blocks;
+std::vector<int> g_pids;
+int64_t g_scannedMs = -kRescanMs;
+
+// Maps and checks GVM_SHM_DIR/<pid>. Null when it is not the block of that live process.
+BlockRef Load(int pid) {
+  std::string path = g_shmDir + "/" + std::to_string(pid);
+  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  struct stat st {};
+  bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+            static_cast<size_t>(st.st_size) >= sizeof(struct gvm_control_block);
+  void* m = ok ? mmap(nullptr, sizeof(struct gvm_control_block), PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close(fd);
+  if (m == MAP_FAILED) return nullptr;
+  auto b = std::make_shared<Block>();
+  b->cb = static_cast<struct gvm_control_block*>(m);
+  b->pid = pid;
+  b->uid = st.st_uid;
+  b->startTime = StartTimeOf(pid);
+  // a dead process, or another one that got its pid, has no files
+  if (GVM_LOAD(&b->cb->magic) != GVM_CB_MAGIC || b->cb->version_major != GVM_CB_VERSION_MAJOR ||
+      b->cb->pid != pid || b->startTime == 0 || b->cb->start_time != b->startTime)
+    return nullptr;
+  return b;
+}
+
+void ReadPciOrder() {
+  g_pciOrder.clear();
+  DIR* d = opendir("/proc/driver/nvidia/gpus");
+  if (!d) return;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::string s(e->d_name);
+    std::transform(s.begin(), s.end(), s.begin(), ::tolower);
+    g_pciOrder.push_back(s);
+  }
+  closedir(d);
+  std::sort(g_pciOrder.begin(), g_pciOrder.end());
+}
+
+}  // namespace
+
+Block::~Block() {
+  if (cb) munmap(cb, sizeof *cb);
+}
+
+void Configure(const std::string& shmDir) {
+  std::lock_guard<std::mutex> guard(g_lock);
+  g_shmDir = shmDir;
+  g_blocks.clear();
+  g_pids.clear();
+  g_scannedMs = -kRescanMs;
+  ReadPciOrder();
+}
+
+const std::string& ShmDir() { return g_shmDir; }
+
+uint64_t StartTimeOf(int pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char* p = strrchr(buf, ')');  // the command name may hold spaces and parentheses
+  for (int field = 2; p && field < 22; field++) p = strchr(p + 1, ' ');
+  return p ? strtoull(p + 1, nullptr, 10) : 0;
+}
+
+BlockRef Find(int pid, bool fresh) {
+  if (pid <= 0) return nullptr;
+  const int64_t now = MonotonicMs();
+  if (!fresh) {
+    std::lock_guard<std::mutex> guard(g_lock);
+    auto it = g_blocks.find(pid);
+    if (it != g_blocks.end() && now - it->second.checkedMs < kRescanMs) return it->second.block;
+  }
+  BlockRef b = Load(pid);
+  std::lock_guard<std::mutex> guard(g_lock);
+  if (b) g_blocks[pid] = Cached{b, now};
+  else g_blocks.erase(pid);
+  return b;
+}
+
+std::vector<int> LivePids() {
+  {
+    std::lock_guard<std::mutex> guard(g_lock);
+    if (MonotonicMs() - g_scannedMs < kRescanMs) {
+      std::vector<int> pids;  // less any that a fresh check (a write) found gone since the scan
+      for (int pid : g_pids)
+        if (g_blocks.count(pid)) pids.push_back(pid);
+      return pids;
+    }
+  }
+  std::vector<int> pids;
+  if (DIR* d = opendir(g_shmDir.c_str())) {
+    while (struct dirent* e = readdir(d)) {
+      char* end = nullptr;
+      long pid = strtol(e->d_name, &end, 10);
+      if (pid <= 0 || pid > INT32_MAX || *end) continue;
+      if (Find(static_cast<int>(pid))) pids.push_back(static_cast<int>(pid));
+    }
+    closedir(d);
+  }
+  std::sort(pids.begin(), pids.end());
+  std::lock_guard<std::mutex> guard(g_lock);
+  for (auto it = g_blocks.begin(); it != g_blocks.end();)  // forget blocks whose file went away
+    it = std::binary_search(pids.begin(), pids.end(), it->first) ? std::next(it) : g_blocks.erase(it);
+  g_pids = pids;
+  g_scannedMs = MonotonicMs();
+  return pids;
+}
+
+int MachineIndex(const struct gvm_gpu_block* g) {
+  std::string pci(g->pci_bus_id, strnlen(g->pci_bus_id, sizeof g->pci_bus_id));
+  std::transform(pci.begin(), pci.end(), pci.begin(), ::tolower);
+  for (size_t i = 0; i < g_pciOrder.size(); i++)
+    if (g_pciOrder[i] == pci) return static_cast<int>(i);
+  return g->ordinal;
+}
+
+int SlotOf(const Block& b, int index) {
+  for (int s = 0; s < GVM_MAX_GPUS; s++)
+    if (GVM_LOAD(&b.cb->gpu[s].present) && MachineIndex(&b.cb->gpu[s]) == index) return s;
+  return -1;
+}
+
+std::vector<int> GpuIndexes() {
+  std::vector<int> out;
+  for (int pid : LivePids()) {
+    BlockRef b = Find(pid);
+    if (!b) continue;
+    for (int s = 0; s < GVM_MAX_GPUS; s++)
+      if (GVM_LOAD(&b->cb->gpu[s].present)) out.push_back(MachineIndex(&b->cb->gpu[s]));
+  }
+  for (size_t i = 0; i < g_pciOrder.size(); i++) out.push_back(static_cast<int>(i));
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+}  // namespace fuse
+}  // namespace gvm
