@@ -136,7 +136,6 @@ GVM_HIDDEN void gvm_launch_reset(void);
 GVM_HIDDEN void gvm_streams_retire_context(CUcontext ctx);
 /* monitor side: mark streams, retire completed marks, sum counters per GPU */
 GVM_HIDDEN bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended);
-GVM_HIDDEN void gvm_streams_shutdown(void);
 /* true while any stream capture is open: then app threads make no driver queries of their own, since
  * a "potentially unsafe" call during a global-mode capture invalidates it */
 GVM_HIDDEN bool gvm_capture_active(void);

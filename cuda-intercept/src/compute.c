@@ -247,7 +247,7 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
  * waits for the move to finish. False (and no lock held) when the RM path is not available.
  */
 /*
- * Which of the application's channels a move stops (GVM_SWAP_QUIESCE=all|compute|all-nopreempt-ce).
+ * Which of the application's channels a move stops (GVM_SWAP_QUIESCE=all|compute).
  * The default stops all of them, copies included, so nothing the application queued can touch a
  * range while it moves; the mover copies on its own context, whose channels are never stopped.
  */
@@ -255,7 +255,7 @@ static int quiesce_style(void) {
   static int style = -1;
   if (style < 0) {
     const char *v = getenv("GVM_SWAP_QUIESCE");
-    style = v && strcmp(v, "compute") == 0 ? 1 : v && strcmp(v, "all-nopreempt-ce") == 0 ? 2 : 0;
+    style = v && strcmp(v, "compute") == 0 ? 1 : 0;
   }
   return style;
 }
@@ -270,7 +270,6 @@ bool gvm_compute_quiesce(int gpu) {
   if (style == 1) gvm_rm_compute_only(&t);
   uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, true);
   for (uint32_t i = 0; st == 0 && i < t.ntsg; i++) {
-    if (style == 2 && t.tsg_engine[i] != RM_ENGINE_GR) continue;
     struct preempt_params p = {.wait = 1};
     st = rm_control(t.fd, t.client, t.tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
   }

@@ -488,10 +488,6 @@ bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended) {
   return outstanding;
 }
 
-void gvm_streams_shutdown(void) {
-  /* nothing to free: events die with their contexts at exit */
-}
-
 void gvm_launch_reset(void) {
   memset(streams, 0, sizeof streams);
   memset(graphs, 0, sizeof graphs);
