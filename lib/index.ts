@@ -10,6 +10,19 @@
  */
 import * as fs from 'node:fs';
 
+import {
+  Backend,
+  BACKEND_KERNEL,
+  BackendChoice,
+  backendChoice,
+  debugfsRoot,
+  detectBackend,
+  detectBackendSync,
+  GpuCatalog,
+  gpuCatalog,
+  KernelBlock,
+  kernelPids,
+} from './backend/kernel';
 import { codeForStatus, GvmError, GvmStatus, isGvmError, statusName } from './errors';
 import { native, NativeControlBlock, NativeGpu, NativeRm } from './native';
 import { shmDir } from './paths';
@@ -19,6 +32,8 @@ export { GvmError, GvmStatus, isGvmError, codeForStatus, statusName } from './er
 export type { GvmErrorCode, GvmErrorOptions, GvmStatusName } from './errors';
 export { parseBytes, formatBytes } from './units';
 export { agentPath, shmDir } from './paths';
+export { debugfsRoot } from './backend/kernel';
+export type { Backend, BackendChoice } from './backend/kernel';
 
 /** Command keys (enum gvm_key). */
 export const GvmKey = {
@@ -27,8 +42,60 @@ export const GvmKey = {
   MEMORY_MODE: 2,
   COMPUTE_PRIORITY: 3,
   COMPUTE_FREEZE: 4,
+  POLICY_CLASS: 5,
 } as const;
 export type GvmKeyName = keyof typeof GvmKey;
+
+/** The automatic policy's classes (enum gvm_policy_class). */
+export const POLICY_CLASSES = ['none', 'latency', 'best-effort'] as const;
+export type PolicyClass = (typeof POLICY_CLASSES)[number];
+
+/** What the policy log records (enum gvm_policy_event_kind). */
+export const POLICY_EVENT_KINDS = ['', 'busy', 'idle', 'hold', 'release', 'mem-need', 'mem-lend', 'mem-return', 'peer-gone'] as const;
+
+export interface GvmPolicyEvent {
+  /** CLOCK_MONOTONIC of the event, in ns */
+  ns: bigint;
+  kind: string;
+  /** the other process involved (hold: the busy one; lend: the one that needed memory), 0 if none */
+  pid: number;
+  /** busy: burst number; idle: burst length in us; hold: chain in us; release: held us; mem-*: bytes */
+  value: number;
+}
+
+export interface GvmPolicy {
+  class: PolicyClass;
+  /** best-effort: held by the policy right now */
+  held: boolean;
+  action: 'freeze' | 'throttle';
+  idleMs: number;
+  /** latency: idle -> busy transitions published */
+  bursts: number;
+  /** best-effort: times held, and the total time held (ms, closed holds) */
+  holds: number;
+  heldMs: number;
+  /** best-effort: from the first launch of a burst to this process's work stopped (us) */
+  chain: { lastUs: number; maxUs: number; p50Us: number | null; p99Us: number | null };
+  /** 100-us buckets of that chain; the last bucket is open-ended */
+  chainHistogram: number[];
+  /** best-effort: bytes moved to the host for a more important process */
+  memoryLent: number;
+  /** latency: allocations that waited for lent memory */
+  memoryWaits: number;
+  events: GvmPolicyEvent[];
+}
+
+/** A percentile (upper bucket edge, us) of a 100-us histogram; null when empty. */
+export function histogramPercentile(hist: readonly number[], q: number): number | null {
+  const total = hist.reduce((a, b) => a + b, 0);
+  if (total === 0) return null;
+  let seen = 0;
+  for (let i = 0; i < hist.length; i++) {
+    seen += hist[i]!;
+    if (seen >= q * total) return (i + 1) * 100;
+  }
+  return hist.length * 100;
+}
 
 export type AgentState = 'starting' | 'ready' | 'disabled' | 'exited' | 'unknown';
 export type MemoryMode = 'oom' | 'swap';
@@ -55,9 +122,12 @@ export interface GvmKernels {
   pending: number;
 }
 
-/** How compute control reaches the GPU: RM controls on the process's channels, or the software fallback. */
-export type ComputeControlMode = 'none' | 'rm' | 'software';
-const CONTROL_MODES: readonly ComputeControlMode[] = ['none', 'rm', 'software'];
+/**
+ * How compute control reaches the GPU: RM controls on the process's channels, the software fallback,
+ * or the nvidia-uvm module (kernel backend).
+ */
+export type ComputeControlMode = 'none' | 'rm' | 'software' | 'kernel';
+const CONTROL_MODES: readonly ComputeControlMode[] = ['none', 'rm', 'software', 'kernel'];
 
 export interface GvmCompute {
   /** 0..15, lower is more important; 8 is the driver's default. */
@@ -132,6 +202,13 @@ export interface GvmGpuSnapshot {
 export interface GvmOptions {
   /** The control block directory (default $GVM_SHM_DIR, else /dev/shm/gvm). */
   shmDir?: string;
+  /**
+   * agent: the agents' control blocks; kernel: the patched nvidia-uvm module's files; auto (default,
+   * or $GVM_BACKEND): kernel when the module's tree is there and writable.
+   */
+  backend?: BackendChoice;
+  /** The module's tree (default $GVM_DEBUGFS_ROOT, else /sys/kernel/debug/nvidia-uvm). */
+  debugfsRoot?: string;
 }
 
 const DEFAULT_TIMEOUT_MS = 2000;
@@ -205,6 +282,37 @@ export class GvmGpu {
     return computeOf(this.#raw());
   }
 
+  /** The automatic policy's state and recent decisions on this GPU. */
+  get policy(): GvmPolicy {
+    const raw = this.#process._handle().policy(this.#slot);
+    return {
+      class: POLICY_CLASSES[raw.class] ?? 'none',
+      held: raw.held,
+      action: raw.action === 1 ? 'throttle' : 'freeze',
+      idleMs: raw.idleMs,
+      bursts: raw.bursts,
+      holds: raw.holds,
+      heldMs: raw.heldNs / 1e6,
+      chain: {
+        lastUs: raw.chainLastNs / 1e3,
+        maxUs: raw.chainMaxNs / 1e3,
+        p50Us: histogramPercentile(raw.chainHistogram, 0.5),
+        p99Us: histogramPercentile(raw.chainHistogram, 0.99),
+      },
+      chainHistogram: raw.chainHistogram,
+      memoryLent: raw.memoryLent,
+      memoryWaits: raw.memoryWaits,
+      events: raw.events.map((e) => ({ ns: e.ns, kind: POLICY_EVENT_KINDS[e.kind] || `kind ${e.kind}`, pid: e.pid, value: e.value })),
+    };
+  }
+
+  /** Puts the process in a policy class on this GPU; resolves once the agent applied it. */
+  async setPolicyClass(cls: PolicyClass, options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
+    const value = POLICY_CLASSES.indexOf(cls);
+    if (value < 0) throw new GvmError(`policy.class must be none, latency or best-effort, not '${String(cls)}'`, 'EGVM_INVALID');
+    return this.command(GvmKey.POLICY_CLASS, value, options);
+  }
+
   /** Sets the compute priority (the timeslice of every channel group); resolves once the agent applied it. */
   async setPriority(priority: number, options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
     return this.command(GvmKey.COMPUTE_PRIORITY, checkPriority(priority), options);
@@ -220,11 +328,15 @@ export class GvmGpu {
     return this.command(GvmKey.COMPUTE_FREEZE, 0, options);
   }
 
-  /** Sets memory.limit in bytes (1 .. the GPU's size), else EGVM_INVALID. */
+  /**
+   * Sets memory.limit in bytes (1 .. the GPU's size), else EGVM_INVALID. A GPU of unknown size (kernel
+   * backend, no agent or driver listing names it) is checked against 2^63-1, then by the module.
+   */
   async setMemoryLimit(bytes: number | bigint, options: GvmCommandOptions = {}): Promise<GvmCommandResult> {
     const n = typeof bytes === 'bigint' ? bytes : Number.isInteger(bytes) ? BigInt(bytes) : -1n;
-    if (n < 1n || n > BigInt(this.totalBytes)) {
-      throw new GvmError(`memory.limit must be 1..${this.totalBytes} bytes, not ${String(bytes)}`, 'EGVM_INVALID');
+    const most = this.totalBytes > 0 ? BigInt(this.totalBytes) : (1n << 63n) - 1n;
+    if (n < 1n || n > most) {
+      throw new GvmError(`memory.limit must be 1..${most} bytes, not ${String(bytes)}`, 'EGVM_INVALID');
     }
     return this.command(GvmKey.MEMORY_LIMIT, n, options);
   }
@@ -323,6 +435,23 @@ export class GvmProcess implements Disposable {
   /** @internal */
   _handle(): NativeControlBlock {
     return this.#handle;
+  }
+
+  /**
+   * Who applies this process's settings: 'kernel' when the nvidia-uvm module does (a process read
+   * from the module's files, or an agent in kernel mode), else 'agent'.
+   */
+  get backend(): Backend {
+    if (this.#handle instanceof KernelBlock) return 'kernel';
+    return this.#handle.header().backend === BACKEND_KERNEL ? 'kernel' : 'agent';
+  }
+
+  /**
+   * Reads the values again. A control block is a live mapping (its getters always read the present);
+   * the kernel backend's files are read when the process is opened and here (and after each write).
+   */
+  async refresh(): Promise<void> {
+    if (this.#handle instanceof KernelBlock) await this.#handle.refresh();
   }
 
   get pid(): number {
@@ -486,12 +615,84 @@ async function removeStale(file: string): Promise<void> {
 export class Gvm {
   private constructor() {}
 
+  /** The backend used when no option says otherwise: $GVM_BACKEND, else detected (see detectBackend). */
+  static get backend(): Backend {
+    return detectBackendSync(backendChoice(), debugfsRoot());
+  }
+
   /**
-   * Every live process with a control block. Blocks of dead processes (or of an earlier process
-   * with the same pid) are removed when we may and skipped; blocks we cannot read (other users'),
-   * half-written or of another version are skipped.
+   * The backend these options select: options.backend, else $GVM_BACKEND, else auto: 'kernel' when
+   * the nvidia-uvm module's tree (<debugfsRoot>/processes) is there and writable, else 'agent'.
+   */
+  static async detectBackend(options: GvmOptions = {}): Promise<Backend> {
+    return detectBackend(backendChoice(options.backend), options.debugfsRoot ?? debugfsRoot());
+  }
+
+  /**
+   * Every live process under gvm. Agent backend: every control block (stale ones removed, unreadable
+   * ones skipped). Kernel backend: every process the module lists, merged with its agent block when
+   * it has one, plus the agent processes the module does not list.
    */
   static async processes(options: GvmOptions = {}): Promise<GvmProcess[]> {
+    if ((await Gvm.detectBackend(options)) === 'agent') return Gvm.#agentProcesses(options);
+    const root = options.debugfsRoot ?? debugfsRoot();
+    const pids = await kernelPids(root);
+    const agents = await Gvm.#companions(options);
+    const catalog = await gpuCatalog(agents.map((p) => p._handle()));
+    const byPid = new Map(agents.map((p) => [p.pid, p]));
+    const gpuOrder = machineGpuOrder();
+    const out: GvmProcess[] = [];
+    try {
+      for (const pid of pids) {
+        const agent = byPid.get(pid);
+        let block: KernelBlock;
+        try {
+          block = await KernelBlock.open(root, pid, { agent: agent?._handle(), catalog });
+        } catch (e) {
+          if (isGvmError(e, 'EGVM_NOT_FOUND') || isGvmError(e, 'EGVM_PERMISSION')) continue; // exited while listed
+          throw e;
+        }
+        byPid.delete(pid); // its block now owns the agent's mapping
+        out.push(new GvmProcess(block, gpuOrder));
+      }
+    } catch (e) {
+      for (const p of [...out, ...byPid.values()]) p.close();
+      throw e;
+    }
+    return [...out, ...byPid.values()].sort((a, b) => a.pid - b.pid);
+  }
+
+  /** The agents' processes beside the kernel backend; none when the addon cannot load (not needed). */
+  static async #companions(options: GvmOptions): Promise<GvmProcess[]> {
+    try {
+      native();
+    } catch {
+      return [];
+    }
+    return Gvm.#agentProcesses(options);
+  }
+
+  /** The kernel backend's view of `pid`, or undefined when the module does not list it. */
+  static async #kernelProcess(pid: number, options: GvmOptions): Promise<GvmProcess | undefined> {
+    const root = options.debugfsRoot ?? debugfsRoot();
+    try {
+      if (!(await fs.promises.stat(`${root}/processes/${pid}`)).isDirectory()) return undefined;
+    } catch {
+      return undefined;
+    }
+    const agents = await Gvm.#companions(options);
+    const catalog: GpuCatalog = await gpuCatalog(agents.map((p) => p._handle()));
+    const agent = agents.find((p) => p.pid === pid);
+    for (const p of agents) if (p !== agent) p.close();
+    try {
+      return new GvmProcess(await KernelBlock.open(root, pid, { agent: agent?._handle(), catalog }), machineGpuOrder());
+    } catch (e) {
+      agent?.close();
+      throw e;
+    }
+  }
+
+  static async #agentProcesses(options: GvmOptions): Promise<GvmProcess[]> {
     const dir = options.shmDir ?? shmDir();
     let names: string[];
     try {
@@ -524,11 +725,16 @@ export class Gvm {
   }
 
   /**
-   * The process with this pid. EGVM_NOT_FOUND when it has no block (or only a stale one, which is
+   * The process with this pid: on the kernel backend, the module's view when it lists the pid (else
+   * its control block). EGVM_NOT_FOUND when it has no block (or only a stale one, which is
    * removed), EGVM_PERMISSION when the block is another user's, EGVM_VERSION when it is not readable.
    */
   static async process(pid: number, options: GvmOptions = {}): Promise<GvmProcess> {
     if (!Number.isInteger(pid) || pid <= 0) throw new GvmError(`invalid pid ${String(pid)}`, 'EGVM_INVALID');
+    if ((await Gvm.detectBackend(options)) === 'kernel') {
+      const p = await Gvm.#kernelProcess(pid, options);
+      if (p !== undefined) return p;
+    }
     const dir = options.shmDir ?? shmDir();
     const file = blockPath(dir, pid);
     let handle: NativeControlBlock;

@@ -24,6 +24,8 @@ export interface NativeHeader {
   gpuCount: number;
   driverVersion: number;
   flags: number;
+  /** enum gvm_backend (minor 2): 1 when the agent runs in kernel mode (0 in older blocks) */
+  backend: number;
   agentVersion: string;
   cmdline: string;
 }
@@ -78,6 +80,32 @@ export interface NativeRm {
   channels: NativeChannel[];
 }
 
+export interface NativePolicyEvent {
+  ns: bigint;
+  /** enum gvm_policy_event_kind */
+  kind: number;
+  pid: number;
+  value: number;
+}
+
+export interface NativePolicy {
+  /** enum gvm_policy_class: 0 none, 1 latency, 2 best-effort */
+  class: number;
+  held: boolean;
+  /** 0 freeze, 1 throttle */
+  action: number;
+  idleMs: number;
+  bursts: number;
+  holds: number;
+  heldNs: number;
+  chainLastNs: number;
+  chainMaxNs: number;
+  memoryLent: number;
+  memoryWaits: number;
+  chainHistogram: number[];
+  events: NativePolicyEvent[];
+}
+
 export interface NativeCommandResult {
   status: number;
   message: string;
@@ -88,6 +116,7 @@ export interface NativeControlBlock {
   header(): NativeHeader;
   gpu(index: number): NativeGpu;
   rm(index: number): NativeRm;
+  policy(index: number): NativePolicy;
   command(key: number, gpu: number, value: bigint, timeoutMs: number): Promise<NativeCommandResult>;
   close(): void;
   readonly closed: boolean;

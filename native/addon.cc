@@ -115,6 +115,7 @@ Napi::Object Layout(Napi::Env env) {
   GVM_OFF(cb, struct gvm_control_block, flags);
   GVM_OFF(cb, struct gvm_control_block, agent_version);
   GVM_OFF(cb, struct gvm_control_block, cmdline);
+  GVM_OFF(cb, struct gvm_control_block, backend);
   GVM_OFF(cb, struct gvm_control_block, command);
   GVM_OFF(cb, struct gvm_control_block, gpu);
   root.Set("controlBlock", cb);

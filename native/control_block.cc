@@ -67,6 +67,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
                            InstanceMethod<&ControlBlock::Header>("header"),
                            InstanceMethod<&ControlBlock::Gpu>("gpu"),
                            InstanceMethod<&ControlBlock::Rm>("rm"),
+                           InstanceMethod<&ControlBlock::Policy>("policy"),
                            InstanceMethod<&ControlBlock::Command>("command"),
                            InstanceMethod<&ControlBlock::Close>("close"),
                            InstanceAccessor<&ControlBlock::Closed>("closed"),
@@ -189,6 +190,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     o.Set("gpuCount", Napi::Number::New(env, GVM_LOAD(&cb->gpu_count)));
     o.Set("driverVersion", Napi::Number::New(env, GVM_LOAD(&cb->driver_version)));
     o.Set("flags", Napi::Number::New(env, GVM_LOAD(&cb->flags)));
+    o.Set("backend", Napi::Number::New(env, GVM_LOAD(&cb->backend)));
     o.Set("agentVersion", FixedString(cb->agent_version, sizeof cb->agent_version));
     o.Set("cmdline", FixedString(cb->cmdline, sizeof cb->cmdline));
     return o;
@@ -224,6 +226,42 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     o.Set("freeCount", U64Number(env, GVM_LOAD(&g->free_count)));
     o.Set("allocFailures", U64Number(env, GVM_LOAD(&g->alloc_failures)));
     o.Set("updatedNs", Napi::BigInt::New(env, static_cast<uint64_t>(GVM_LOAD(&g->updated_ns))));
+    return o;
+  }
+
+  // The automatic policy's state on one GPU (minor 1; zeros from an older agent), events oldest first.
+  Napi::Value Policy(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct gvm_control_block* cb = Block(env);
+    const struct gvm_policy_info* p = &cb->gpu[GpuIndex(info, "ControlBlock.policy")].policy;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("class", Napi::Number::New(env, GVM_LOAD(&p->klass)));
+    o.Set("held", Napi::Boolean::New(env, GVM_LOAD(&p->held) != 0));
+    o.Set("action", Napi::Number::New(env, GVM_LOAD(&p->action)));
+    o.Set("idleMs", Napi::Number::New(env, GVM_LOAD(&p->idle_ms)));
+    o.Set("bursts", U64Number(env, GVM_LOAD(&p->bursts)));
+    o.Set("holds", U64Number(env, GVM_LOAD(&p->holds)));
+    o.Set("heldNs", U64Number(env, GVM_LOAD(&p->held_ns)));
+    o.Set("chainLastNs", U64Number(env, GVM_LOAD(&p->chain_last_ns)));
+    o.Set("chainMaxNs", U64Number(env, GVM_LOAD(&p->chain_max_ns)));
+    o.Set("memoryLent", U64Number(env, GVM_LOAD(&p->memory_lent)));
+    o.Set("memoryWaits", U64Number(env, GVM_LOAD(&p->memory_waits)));
+    Napi::Array hist = Napi::Array::New(env, GVM_CHAIN_BUCKETS);
+    for (uint32_t i = 0; i < GVM_CHAIN_BUCKETS; i++) hist.Set(i, Napi::Number::New(env, GVM_LOAD(&p->chain_hist[i])));
+    o.Set("chainHistogram", hist);
+    uint32_t head = GVM_LOAD(&p->event_head);
+    uint32_t n = head < GVM_POLICY_EVENTS ? head : GVM_POLICY_EVENTS;
+    Napi::Array events = Napi::Array::New(env, n);
+    for (uint32_t i = 0; i < n; i++) {
+      const struct gvm_policy_event* e = &p->events[(head - n + i) % GVM_POLICY_EVENTS];
+      Napi::Object ev = Napi::Object::New(env);
+      ev.Set("ns", Napi::BigInt::New(env, static_cast<uint64_t>(GVM_LOAD(&e->ns))));
+      ev.Set("kind", Napi::Number::New(env, GVM_LOAD(&e->kind)));
+      ev.Set("pid", Napi::Number::New(env, GVM_LOAD(&e->pid)));
+      ev.Set("value", U64Number(env, GVM_LOAD(&e->value)));
+      events.Set(i, ev);
+    }
+    o.Set("events", events);
     return o;
   }
 

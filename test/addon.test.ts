@@ -33,6 +33,7 @@ t.test('layout() matches the ABI', async (t) => {
       flags: 60,
       agent_version: 64,
       cmdline: 96,
+      backend: 2428,
       command: 2432,
       gpu: 4096,
     },
@@ -76,7 +77,7 @@ t.test('layout() matches the ABI', async (t) => {
     constants: {
       magic: 0x434d5647,
       versionMajor: 1,
-      versionMinor: 0,
+      versionMinor: 2,
       maxGpus: 16,
       maxTsgs: 32,
       maxChannels: 128,
@@ -99,6 +100,7 @@ t.test('reads every header and GPU field', async (t) => {
     gpu_count: 3,
     driver: 13000,
     flags: 5,
+    backend: 1,
     agent_version: '0.1.0-test',
     cmdline: 'python -m torch.distributed.run train.py',
     'gpu2.present': 1,
@@ -140,7 +142,7 @@ t.test('reads every header and GPU field', async (t) => {
   t.equal(cb.path, file);
   t.same(cb.header(), {
     versionMajor: 1,
-    versionMinor: 0,
+    versionMinor: 2,
     size: 135168,
     gpuBlockSize: 8192,
     pid: 4242,
@@ -152,6 +154,7 @@ t.test('reads every header and GPU field', async (t) => {
     gpuCount: 3,
     driverVersion: 13000,
     flags: 5,
+    backend: 1,
     agentVersion: '0.1.0-test',
     cmdline: 'python -m torch.distributed.run train.py',
   });

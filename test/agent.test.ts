@@ -4,100 +4,16 @@
 import { ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
 import t from 'tap';
 
 import { Gvm, GvmKey, GvmProcess } from '../lib/index';
+import { AGENT, FAKE, FAKE_RM, Prog, Report, start, until } from './fake-prog';
 import { gvm, RELEASE, ROOT, tmpShm } from './helpers';
 
-const FAKE = path.join(ROOT, 'build', 'fake');
-const AGENT = path.join(RELEASE, 'libgvm.so');
-const FAKE_RM = path.join(FAKE, 'libgvmfakerm.so');
 const BINDERS = ['direct', 'dlsym', 'procaddr'] as const;
 
-interface GpuCounts {
-  deviceBytes: number;
-  managedBytes: number;
-  hostBytes: number;
-  kernels: number;
-}
-interface Report {
-  pid: number;
-  role?: string;
-  gpus: Record<string, GpuCounts>;
-}
-
-class Prog {
-  readonly lines: string[] = [];
-  stderr = '';
-  #waiters: Array<() => void> = [];
-  readonly exited: Promise<number | null>;
-  constructor(readonly child: ChildProcessWithoutNullStreams) {
-    readline.createInterface({ input: child.stdout }).on('line', (l) => {
-      this.lines.push(l);
-      this.#waiters.splice(0).forEach((w) => w());
-    });
-    this.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
-    child.on('exit', () => this.#waiters.splice(0).forEach((w) => w()));
-  }
-  /** The next line (after index `from`) starting with prefix; rejects after 20 s or at exit. */
-  async line(prefix: string, from = 0): Promise<string> {
-    const deadline = Date.now() + 20000;
-    for (;;) {
-      const found = this.lines.slice(from).find((l) => l.startsWith(prefix));
-      if (found !== undefined) return found;
-      if (this.child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`no '${prefix}' line; got: ${this.lines.join(' | ')}`);
-      }
-      await new Promise<void>((r) => {
-        this.#waiters.push(r);
-        setTimeout(r, 200);
-      });
-    }
-  }
-  async report(prefix: string, from = 0): Promise<Report> {
-    const l = await this.line(prefix, from);
-    return JSON.parse(l.slice(prefix.length + 1)) as Report;
-  }
-  send(cmd: string): number {
-    const mark = this.lines.length;
-    this.child.stdin.write(`${cmd}\n`);
-    return mark;
-  }
-}
-
-function start(t: Tap.Test, shm: string, binder: string, scenario: string, env: NodeJS.ProcessEnv = {}): Prog {
-  const child = spawn(path.join(FAKE, 'bin', `gvm-prog-${binder}`), [scenario], {
-    env: {
-      ...process.env,
-      LD_PRELOAD: `${AGENT}:${FAKE_RM}`,
-      LD_LIBRARY_PATH: FAKE,
-      GVM_SHM_DIR: shm,
-      GVM_EVENT_INTERVAL_MS: '1',
-      GVM_LOG: 'warn',
-      ...env,
-    },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  const prog = new Prog(child);
-  child.stderr.on('data', (d: Buffer) => (prog.stderr += d.toString()));
-  t.teardown(async () => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-    await prog.exited;
-    if (prog.stderr.includes('FAIL')) t.comment(`stderr of ${binder} ${scenario}: ${prog.stderr}`);
-  });
-  return prog;
-}
-
-/** Polls until fn() is true (the event thread publishes every few ms); false after 5 s. */
-async function until(fn: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (fn()) return true;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return fn();
-}
+/** Control blocks in a shm dir (named by pid; the policy boards live in boards/). */
+const blocks = (shm: string) => fs.readdirSync(shm).filter((f) => /^\d+$/.test(f));
 
 function expectCounts(t: Tap.Test, p: GvmProcess, report: Report, what: string): Promise<void> {
   return (async () => {
@@ -200,14 +116,14 @@ t.test("fork after cuInit: the child's exit leaves the parent's block alone", as
   t.ok(fs.existsSync(path.join(shm, String(ready.pid))), 'parent block still there after the child exited');
   using p = await Gvm.process(ready.pid, { shmDir: shm });
   await expectCounts(t, p, ready, 'parent after child exit');
-  t.same(fs.readdirSync(shm).filter((f) => !f.startsWith('.')), [String(ready.pid)], 'the child made no block');
+  t.same(blocks(shm), [String(ready.pid)], 'the child made no block');
 });
 
 t.test('exit without freeing, and kill -9: no block left behind', async (t) => {
   const shm = tmpShm(t);
   const early = start(t, shm, 'dlsym', 'exit-early');
   t.equal(await early.exited, 0);
-  t.same(fs.readdirSync(shm), [], 'block removed by the exiting process');
+  t.same(blocks(shm), [], 'block removed by the exiting process');
 
   const killed = start(t, shm, 'direct', 'basic');
   const ready = await killed.report('READY');
@@ -282,7 +198,7 @@ t.test('memory limit in oom mode: an allocation past it fails cleanly; the start
   const code = await prog.exited;
   t.equal(code, 1, 'the program saw an allocation fail and stopped');
   t.match(prog.stderr, /FAIL \w*[Aa]lloc\w* 2\b/, 'with CUDA_ERROR_OUT_OF_MEMORY (2), not a crash');
-  t.same(fs.readdirSync(shm), [], 'and exited cleanly: block removed');
+  t.same(blocks(shm), [], 'and exited cleanly: block removed');
 
   // within the limit, cuMemGetInfo reports the limit as the total
   const fits = start(t, shm, 'direct', 'basic', { GVM_MEMORY_LIMIT: String(64 << 20) });

@@ -62,6 +62,7 @@ static void describe_gpus(struct gvm_control_block *cb) {
 static void on_exit_handler(void) {
   if (started_pid != getpid()) return; /* inherited by a forked child: the block is the parent's */
   gvm_swap_stop();
+  gvm_policy_stop();
   gvm_compute_release_all();
   gvm_monitor_stop();
   gvm_block_remove();
@@ -89,6 +90,7 @@ void gvm_agent_start(void) {
         gvm_publish_contexts(i);
       }
       gvm_rm_publish_all();
+      gvm_kernel_mode_start(cb);
       started_pid = getpid();
       static bool registered;
       if (!registered && atexit(on_exit_handler) == 0) registered = true;
@@ -96,6 +98,7 @@ void gvm_agent_start(void) {
         gvm_log(GVM_LOG_ERROR, "cannot start the control thread; settings will not be applied");
       }
       if (gvm_swap_start() != 0) gvm_log(GVM_LOG_ERROR, "cannot start the mover thread; swap mode cannot move data");
+      gvm_policy_start();
       GVM_STORE(&cb->agent_state, (uint32_t)GVM_AGENT_READY);
       atomic_store_explicit(&gvm_active, 1, memory_order_release);
       gvm_log(GVM_LOG_INFO, "agent ready: %d GPU(s), block %s/%d", (int)cb->gpu_count, gvm_config.shm_dir,
@@ -117,6 +120,7 @@ static void after_fork_child(void) {
   gvm_compute_reset();
   gvm_swap_reset();
   gvm_backing_reset();
+  gvm_policy_reset();
   started_pid = 0;
 }
 

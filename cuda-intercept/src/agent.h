@@ -29,6 +29,7 @@ typedef CUresult(CUDAAPI *PFN_cuStreamBeginCapture_v10000)(CUstream stream);
 typedef CUresult(CUDAAPI *PFN_cuStreamBeginCapture_v10000_ptsz)(CUstream stream);
 typedef CUresult(CUDAAPI *PFN_cuGraphInstantiate_v10000)(CUgraphExec *exec, CUgraph graph, CUgraphNode *err_node,
                                                         char *log, size_t log_size);
+typedef CUresult(CUDAAPI *PFN_cuIpcOpenMemHandle_v4010)(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags);
 typedef CUresult(CUDAAPI *PFN_cuGraphInstantiate_v11000)(CUgraphExec *exec, CUgraph graph, CUgraphNode *err_node,
                                                         char *log, size_t log_size);
 
@@ -84,6 +85,10 @@ struct gvm_config {
   uint64_t memory_limit; /* 0: the GPU's size */
   int memory_mode;
   int priority;
+  int policy_class;        /* enum gvm_policy_class (GVM_CLASS) */
+  int policy_idle_ms;      /* GVM_POLICY_IDLE_MS */
+  bool policy_throttle;    /* GVM_POLICY_ACTION=throttle (default freeze) */
+  int policy_mem_wait_ms;  /* GVM_POLICY_MEM_WAIT_MS: how long a latency allocation waits for lent memory */
   char shm_dir[256];
   char libcuda[256];
   char rm_trace[256];
@@ -157,6 +162,16 @@ GVM_HIDDEN int gvm_swap_start(void);
 GVM_HIDDEN void gvm_swap_stop(void);
 GVM_HIDDEN uint64_t gvm_swap_wait(uint64_t timeout_ms);
 GVM_HIDDEN void gvm_swap_reset(void); /* control thread: wait for a rebalance pass */
+/* CUDA IPC of swappable ranges (ipc.c): an exported range is pinned, on the GPU, for good */
+struct gvm_swap_pin {
+  uint64_t va, size, handle;
+  int gpu;
+  bool on_device;
+};
+GVM_HIDDEN bool gvm_swap_pin(uint64_t ptr, struct gvm_swap_pin *out); /* the range holding ptr, now pinned */
+GVM_HIDDEN bool gvm_swap_state(uint64_t va, struct gvm_swap_pin *out);
+GVM_HIDDEN size_t gvm_swap_pinned_away(int gpu, struct gvm_swap_candidate *out, size_t room);
+GVM_HIDDEN void gvm_ipc_forget(uint64_t va); /* the range is freed: drop its export */
 
 /* ---- RM observer (rm_observer.c) ---- */
 GVM_HIDDEN void gvm_rm_reset(void);
@@ -198,6 +213,30 @@ GVM_HIDDEN void gvm_launch_gate_wait(void);
       gvm_launch_gate_wait();                                                            \
   } while (0)
 
+/* the policy's own hold on a best-effort process, independent of the user's freeze (0 or an RM status) */
+GVM_HIDDEN uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle);
+
+/* ---- automatic policy (policy.c) ---- */
+GVM_HIDDEN extern _Atomic uint32_t gvm_policy_latency_mask; /* GPUs where this process publishes busy */
+GVM_HIDDEN void gvm_policy_start(void);                     /* after the GPUs are described */
+GVM_HIDDEN void gvm_policy_stop(void);                      /* exit: leave the boards, release holds */
+GVM_HIDDEN void gvm_policy_reset(void);                     /* fork child */
+GVM_HIDDEN void gvm_policy_busy_slow(int gpu);              /* first launch of a burst */
+GVM_HIDDEN void gvm_policy_tick(const uint64_t *submitted, const uint64_t *ended); /* event thread */
+GVM_HIDDEN int gvm_policy_set_class(int gpu, int klass, char *msg, size_t room);   /* control thread */
+GVM_HIDDEN uint64_t gvm_policy_cap(int gpu); /* device bytes allowed while memory is lent; UINT64_MAX: none */
+/* a latency allocation failed for lack of memory: ask best-effort peers to give some up; true if worth retrying */
+GVM_HIDDEN bool gvm_policy_need_memory(int gpu, uint64_t bytes);
+/* per launch: one relaxed load unless this process is latency-class on some GPU */
+#define GVM_POLICY_LAUNCH(gpu)                                                                      \
+  do {                                                                                              \
+    if (GVM_UNLIKELY(atomic_load_explicit(&gvm_policy_latency_mask, memory_order_relaxed))) \
+      gvm_policy_on_launch(gpu);                                                                    \
+  } while (0)
+GVM_HIDDEN void gvm_policy_on_launch(int gpu);
+/* launch.c: the GPU's submitted total, re-read to close the race between an idle mark and a launch */
+GVM_HIDDEN uint64_t gvm_streams_submitted(int gpu);
+
 /* ---- commands and control block (block.c, commands.c, monitor.c) ---- */
 GVM_HIDDEN struct gvm_control_block *gvm_block_create(void);
 GVM_HIDDEN void gvm_block_remove(void);
@@ -206,6 +245,16 @@ GVM_HIDDEN void gvm_apply_command(struct gvm_command *cmd);
 GVM_HIDDEN int gvm_monitor_start(void);
 GVM_HIDDEN void gvm_monitor_stop(void);
 GVM_HIDDEN void gvm_monitor_kick(void);
+
+/* ---- kernel mode (kernel_mode.c): the patched nvidia-uvm module owns limits, priority, freeze ---- */
+GVM_HIDDEN extern bool gvm_kernel_mode; /* set once at agent start, before any hook reads it */
+GVM_HIDDEN void gvm_kernel_mode_start(struct gvm_control_block *cb);
+GVM_HIDDEN CUresult gvm_kernel_alloc(CUdeviceptr *dptr, size_t size, int gpu);
+GVM_HIDDEN CUresult gvm_kernel_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
+                                           unsigned elem, int gpu);
+GVM_HIDDEN bool gvm_kernel_mode_refuses(struct gvm_command *cmd, uint32_t key);
+/* memory.c: count a managed allocation that stands in for device memory */
+GVM_HIDDEN void gvm_memory_count_device(int gpu, CUresult r, CUdeviceptr ptr, uint64_t size);
 
 /* ---- memory limit (shared by memory.c and commands.c) ---- */
 GVM_HIDDEN uint64_t gvm_memory_current(int gpu);

@@ -16,6 +16,9 @@ CUresult gvm_backing_free(CUdeviceptr va, uint64_t size, CUmemGenericAllocationH
 /* physical memory: host-side handles come from and go back to a reusable pinned pool */
 CUresult gvm_backing_create(int device, uint64_t size, bool on_device, CUmemGenericAllocationHandle *handle);
 void gvm_backing_give_back(CUmemGenericAllocationHandle handle, uint64_t size, bool on_device);
+/* host memory mapped for `device` at a staging range that stays with the handle (see backing.c) */
+CUresult gvm_backing_stage(int device, uint64_t size, CUmemGenericAllocationHandle *handle, CUdeviceptr *va);
+void gvm_backing_prestage(int device); /* stages pooled host memory that has no staging range yet */
 CUresult gvm_backing_attach(CUdeviceptr va, uint64_t size, int device, CUmemGenericAllocationHandle handle);
 void gvm_backing_reset(void);
 

@@ -30,6 +30,7 @@ void gvm_apply_command(struct gvm_command *cmd) {
     answer(cmd, GVM_STATUS_OK, "pong");
     return;
   }
+  if (gvm_kernel_mode_refuses(cmd, key)) return; /* the nvidia-uvm module owns these settings */
   if (!gpu_present(gpu)) {
     answer(cmd, GVM_STATUS_NO_GPU, "GPU %u is not visible to this process", gpu);
     return;
@@ -88,6 +89,9 @@ void gvm_apply_command(struct gvm_command *cmd) {
       return;
     }
     cmd->status = gvm_compute_freeze((int)gpu, value == 1, cmd->message, sizeof cmd->message);
+    return;
+  case GVM_KEY_POLICY_CLASS:
+    cmd->status = gvm_policy_set_class((int)gpu, value > 2 ? -1 : (int)value, cmd->message, sizeof cmd->message);
     return;
   default:
     answer(cmd, GVM_STATUS_INVALID, "unknown key %u", key);

@@ -58,6 +58,13 @@ _Atomic uint32_t gvm_soft_frozen_mask; /* bit per GPU: launches wait at the hook
 /* serialises every change of the channels' state: user freeze/thaw and the mover's quiet window */
 static pthread_mutex_t control_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int rm_allowed = -1;    /* -1 unknown, 0 no, 1 yes (driver version verified) */
+/*
+ * The automatic policy's hold (policy.c), kept apart from the user's freeze so neither undoes the
+ * other: channels run only while neither holds them. 1 = channels disabled, 2 = launches gated
+ * (software), 3 = shortest timeslice. Changed under control_lock only.
+ */
+static int policy_hold[GVM_MAX_GPUS];
+static bool channels_held(int gpu) { return policy_hold[gpu] == 1; }
 
 static bool driver_verified(void) {
   int v = atomic_load(&rm_allowed);
@@ -190,9 +197,9 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   bool soft = atomic_load(&gvm_soft_frozen_mask) & (1u << gpu);
   if (!freeze) {
-    if (soft) soft_thaw(gpu);
+    if (soft && policy_hold[gpu] != 2) soft_thaw(gpu);
     struct gvm_rm_target t;
-    if (!soft && gvm_rm_snapshot(gpu, &t) && t.nchan > 0) {
+    if (!soft && !channels_held(gpu) && gvm_rm_snapshot(gpu, &t) && t.nchan > 0) {
       uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
       if (st) {
         snprintf(msg, room, "enable channels failed: RM status %#x", st);
@@ -204,6 +211,11 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
     return GVM_STATUS_OK;
   }
   if (!driver_verified()) return soft_freeze(gpu, msg, room, "driver not verified for RM controls");
+  if (channels_held(gpu)) { /* the policy already stopped them: nothing runs */
+    GVM_STORE(&b->frozen, 1u);
+    snprintf(msg, room, "frozen (channels were already held by the policy)");
+    return GVM_STATUS_OK;
+  }
   struct gvm_rm_target t;
   if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) {
     /* nothing runs yet: channels created from now on start disabled */
@@ -264,7 +276,9 @@ bool gvm_compute_quiesce(int gpu) {
   if (!driver_verified()) return false;
   pthread_mutex_lock(&control_lock);
   struct gvm_rm_target t;
-  if (GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) return true;
+  if ((GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) ||
+      channels_held(gpu))
+    return true;
   if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) return true; /* no channel: nothing can run */
   int style = quiesce_style();
   if (style == 1) gvm_rm_compute_only(&t);
@@ -284,7 +298,7 @@ bool gvm_compute_quiesce(int gpu) {
 
 void gvm_compute_resume(int gpu) {
   struct gvm_rm_target t;
-  bool user_frozen = GVM_LOAD(&gvm_block->gpu[gpu].frozen);
+  bool user_frozen = GVM_LOAD(&gvm_block->gpu[gpu].frozen) || channels_held(gpu);
   if (!user_frozen && gvm_rm_snapshot(gpu, &t) && t.nchan > 0 && (quiesce_style() != 1 || gvm_rm_compute_only(&t)))
     disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
   pthread_mutex_unlock(&control_lock);
@@ -294,20 +308,84 @@ void gvm_compute_resume(int gpu) {
 void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass, uint32_t handle) {
   if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS) return;
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
-  bool wants_timeslice = klass == RM_CLASS_TSG && GVM_LOAD(&b->priority) != PRIORITY_DEFAULT;
-  bool wants_disable = klass != RM_CLASS_TSG && GVM_LOAD(&b->frozen);
+  int held = policy_hold[gpu]; /* read without the lock: a hold racing a new object is re-applied at release */
+  bool wants_timeslice = klass == RM_CLASS_TSG && (GVM_LOAD(&b->priority) != PRIORITY_DEFAULT || held == 3);
+  bool wants_disable = klass != RM_CLASS_TSG && (GVM_LOAD(&b->frozen) || held == 1);
   if ((!wants_timeslice && !wants_disable) || !driver_verified()) return;
   if (klass == RM_CLASS_TSG) {
-    int prio = GVM_LOAD(&b->priority);
+    int prio = held == 3 ? 15 : GVM_LOAD(&b->priority);
     struct gvm_rm_target t = {.fd = fd, .client = client};
     uint64_t got = 0;
     uint32_t st = set_timeslice(&t, handle, timeslice_for(prio), &got);
     if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "new TSG %#x kept the default timeslice: RM status %#x", handle, st);
     else gvm_rm_note_timeslice(client, handle, got);
-  } else if (GVM_LOAD(&b->frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu)) && subdevice) {
+  } else if (((GVM_LOAD(&b->frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) || held == 1) &&
+             subdevice) {
     uint32_t st = disable_channels(fd, client, subdevice, &handle, 1, true);
     if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channel %#x created while frozen could not be disabled: %#x", handle, st);
   }
+}
+
+/*
+ * The policy's hold on a best-effort process: stop its channels (or gate its launches where the RM
+ * path is unavailable, or shorten its timeslice with throttle) without touching the user's freeze
+ * state. Release restores exactly what the hold changed. Returns 0 on success, else an RM status.
+ */
+static uint32_t stop_channels(const struct gvm_rm_target *t) {
+  uint32_t st = disable_channels(t->fd, t->client, t->subdevice, t->chan, t->nchan, true);
+  /* only the compute TSGs are preempted: they hold the SMs another process's burst waits for; a
+   * copy already running finishes on its own engine, and each skipped control saves an RM round trip */
+  for (uint32_t i = 0; st == 0 && i < t->ntsg; i++) {
+    if (t->tsg_engine[i] != RM_ENGINE_GR) continue;
+    struct preempt_params p = {.wait = 1};
+    st = rm_control(t->fd, t->client, t->tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
+  }
+  if (st) disable_channels(t->fd, t->client, t->subdevice, t->chan, t->nchan, false);
+  return st;
+}
+
+static uint32_t set_all_timeslices(const struct gvm_rm_target *t, int priority) {
+  for (uint32_t i = 0; i < t->ntsg; i++) {
+    uint64_t v = timeslice_for(priority);
+    /* no read-back here: the hold sits on the critical path of another process's burst */
+    uint32_t st = rm_control(t->fd, t->client, t->tsg[i], RM_CMD_TSG_SET_TIMESLICE, &v, sizeof v);
+    if (st) return st;
+    gvm_rm_note_timeslice(t->client, t->tsg[i], v);
+  }
+  return 0;
+}
+
+uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
+  uint32_t st = 0;
+  pthread_mutex_lock(&control_lock);
+  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  struct gvm_rm_target t;
+  bool have = driver_verified() && gvm_rm_snapshot(gpu, &t) && t.nchan > 0;
+  if (hold && !policy_hold[gpu]) {
+    bool user_frozen = GVM_LOAD(&b->frozen);
+    if (throttle && have) {
+      st = set_all_timeslices(&t, 15);
+      if (!st) policy_hold[gpu] = 3;
+    } else if (have && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) {
+      st = user_frozen ? 0 : stop_channels(&t);
+      if (!st) policy_hold[gpu] = 1;
+    }
+    if (!policy_hold[gpu] && !throttle) { /* no RM path (or it refused): hold launches at the hook */
+      atomic_fetch_or(&gvm_soft_frozen_mask, 1u << gpu);
+      policy_hold[gpu] = 2;
+      st = 0;
+    }
+  } else if (!hold && policy_hold[gpu]) {
+    int was = policy_hold[gpu];
+    policy_hold[gpu] = 0;
+    if (was == 3 && have) st = set_all_timeslices(&t, GVM_LOAD(&b->priority));
+    else if (was == 1 && have && !GVM_LOAD(&b->frozen))
+      st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
+    else if (was == 2 && !(GVM_LOAD(&b->frozen) && GVM_LOAD(&b->control_mode) == GVM_CONTROL_SOFTWARE))
+      soft_thaw(gpu);
+  }
+  pthread_mutex_unlock(&control_lock);
+  return st;
 }
 
 /* ---- the launch gate of the software freeze ---- */
@@ -325,6 +403,7 @@ void gvm_launch_gate_wait(void) {
 void gvm_compute_release_all(void) {
   if (!gvm_block) return;
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    if (policy_hold[g]) gvm_compute_policy_hold(g, false, false);
     if (!GVM_LOAD(&gvm_block->gpu[g].frozen)) continue;
     char msg[GVM_MESSAGE_MAX];
     gvm_compute_freeze(g, false, msg, sizeof msg);
@@ -333,5 +412,6 @@ void gvm_compute_release_all(void) {
 
 void gvm_compute_reset(void) {
   atomic_store(&gvm_soft_frozen_mask, 0);
+  memset(policy_hold, 0, sizeof policy_hold);
   pthread_mutex_init(&control_lock, NULL);
 }

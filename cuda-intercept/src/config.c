@@ -5,7 +5,8 @@
 
 #include "agent.h"
 
-struct gvm_config gvm_config = {.log_level = GVM_LOG_WARN, .event_interval_ms = 2, .priority = 8};
+struct gvm_config gvm_config = {
+    .log_level = GVM_LOG_WARN, .event_interval_ms = 2, .priority = 8, .policy_idle_ms = 3, .policy_mem_wait_ms = 5000};
 
 static void copy_env(char *dst, size_t n, const char *name, const char *fallback) {
   const char *v = getenv(name);
@@ -53,6 +54,20 @@ __attribute__((constructor)) static void gvm_config_load(void) {
   if (mode && strcmp(mode, "swap") == 0) gvm_config.memory_mode = GVM_MEMORY_MODE_SWAP;
   else if (mode && *mode && strcmp(mode, "oom") != 0)
     gvm_log(GVM_LOG_WARN, "GVM_MEMORY_MODE=%s is not oom or swap; using oom", mode);
+  const char *klass = getenv("GVM_CLASS");
+  if (klass && strcmp(klass, "latency") == 0) gvm_config.policy_class = GVM_CLASS_LATENCY;
+  else if (klass && strcmp(klass, "best-effort") == 0) gvm_config.policy_class = GVM_CLASS_BEST_EFFORT;
+  else if (klass && *klass && strcmp(klass, "none") != 0)
+    gvm_log(GVM_LOG_WARN, "GVM_CLASS=%s is not latency, best-effort or none; ignored", klass);
+  if (parse_u64("GVM_POLICY_IDLE_MS", &v)) {
+    if (v <= 10000) gvm_config.policy_idle_ms = (int)v;
+    else gvm_log(GVM_LOG_WARN, "GVM_POLICY_IDLE_MS=%llu is above 10000; ignored", (unsigned long long)v);
+  }
+  if (parse_u64("GVM_POLICY_MEM_WAIT_MS", &v) && v <= 600000) gvm_config.policy_mem_wait_ms = (int)v;
+  const char *action = getenv("GVM_POLICY_ACTION");
+  if (action && strcmp(action, "throttle") == 0) gvm_config.policy_throttle = true;
+  else if (action && *action && strcmp(action, "freeze") != 0)
+    gvm_log(GVM_LOG_WARN, "GVM_POLICY_ACTION=%s is not freeze or throttle; using freeze", action);
   copy_env(gvm_config.shm_dir, sizeof gvm_config.shm_dir, "GVM_SHM_DIR", GVM_SHM_DIR);
   copy_env(gvm_config.libcuda, sizeof gvm_config.libcuda, "GVM_LIBCUDA", NULL);
   copy_env(gvm_config.rm_trace, sizeof gvm_config.rm_trace, "GVM_RM_TRACE", NULL);

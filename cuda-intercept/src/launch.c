@@ -164,6 +164,7 @@ static inline void count_launch(CUstream s, uint64_t kernels, bool ptsz) {
   }
   /* release: the monitor reads this count before recording, so the count never runs ahead of the event */
   atomic_fetch_add_explicit(&e->submitted, kernels, memory_order_release);
+  GVM_POLICY_LAUNCH(e->gpu);
 }
 
 /* ---- launch hooks: the driver call first, counted only when it succeeded ---- */
@@ -486,6 +487,16 @@ bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended) {
     }
   }
   return outstanding;
+}
+
+uint64_t gvm_streams_submitted(int gpu) {
+  if (gpu < 0 || gpu >= GVM_MAX_GPUS) return 0;
+  uint64_t sum = atomic_load(&folded_submitted[gpu]);
+  for (int i = 0; i < STREAM_SLOTS; i++) {
+    struct stream_entry *e = &streams[i];
+    if (atomic_load_explicit(&e->key, memory_order_acquire) && e->gpu == gpu) sum += atomic_load(&e->submitted);
+  }
+  return sum;
 }
 
 void gvm_launch_reset(void) {

@@ -36,7 +36,10 @@ uint64_t gvm_memory_current(int gpu) {
 uint64_t gvm_memory_limit(int gpu) {
   if (!valid_gpu(gpu) || !gvm_block) return UINT64_MAX;
   uint64_t limit = GVM_LOAD(&gvm_block->gpu[gpu].memory_limit);
-  return limit ? limit : UINT64_MAX;
+  if (!limit) return UINT64_MAX;
+  /* memory lent to a more important process by the policy lowers the limit until it comes back */
+  uint64_t cap = gvm_policy_cap(gpu);
+  return cap < limit ? cap : limit;
 }
 
 void gvm_publish_memory(int gpu) {
@@ -55,21 +58,29 @@ void gvm_publish_memory(int gpu) {
 }
 
 /*
- * Reserve `size` device bytes against the limit before asking the driver, so that threads allocating
- * at once cannot overshoot it together. Returns false (and counts a failure) when over the limit.
+ * Reserve `size` device bytes against the limit before asking the driver. The check and the add are
+ * one step under limit_lock: with separate atomics, threads allocating at once could overshoot the
+ * limit together, or fail because of another thread's attempt that was itself about to be refused.
+ * Returns false (and counts a failure) when over the limit.
  */
+static pthread_mutex_t limit_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool fits_locked(int gpu, uint64_t size) {
+  uint64_t limit = gvm_memory_limit(gpu), current = gvm_memory_current(gpu);
+  return size <= limit && current <= limit - size;
+}
+
 static bool reserve(int gpu, _Atomic uint64_t *bucket, uint64_t size) {
-  if (!valid_gpu(gpu)) return true;
-  uint64_t before = atomic_fetch_add(bucket, size);
-  uint64_t limit = gvm_memory_limit(gpu);
-  uint64_t others = gvm_memory_current(gpu) - before - size;
-  if (limit != UINT64_MAX && before + size + others > limit && size > 0) {
-    atomic_fetch_sub(bucket, size);
+  if (!valid_gpu(gpu) || size == 0) return true;
+  pthread_mutex_lock(&limit_lock);
+  bool fits = fits_locked(gpu, size);
+  if (fits) atomic_fetch_add(bucket, size);
+  pthread_mutex_unlock(&limit_lock);
+  if (!fits) {
     atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
     gvm_publish_memory(gpu);
-    return false;
   }
-  return true;
+  return fits;
 }
 
 static void unreserve(int gpu, _Atomic uint64_t *bucket, uint64_t size) {
@@ -131,10 +142,10 @@ static bool swap_mode(int gpu) {
 static CUresult swap_alloc(CUdeviceptr *dptr, uint64_t size, int gpu) {
   struct gvm_gpu_state *g = &gvm_gpus[gpu];
   uint64_t rounded = (size + GVM_BACKING_GRANULE - 1) & ~(GVM_BACKING_GRANULE - 1);
-  uint64_t before = atomic_fetch_add(&g->sync_bytes, rounded);
-  uint64_t others = atomic_load(&g->vmm_bytes) + atomic_load(&g->pool_bytes);
-  bool on_device = before + rounded + others <= gvm_memory_limit(gpu);
-  if (!on_device) atomic_fetch_sub(&g->sync_bytes, rounded);
+  pthread_mutex_lock(&limit_lock);
+  bool on_device = fits_locked(gpu, rounded);
+  if (on_device) atomic_fetch_add(&g->sync_bytes, rounded);
+  pthread_mutex_unlock(&limit_lock);
   CUmemGenericAllocationHandle handle = 0;
   CUresult r = gvm_backing_alloc(g->device, rounded, on_device, dptr, &handle);
   if (r == CUDA_ERROR_OUT_OF_MEMORY && on_device) {
@@ -172,8 +183,9 @@ struct candidate_query {
 
 static bool collect(uint64_t key, struct gvm_alloc *a, void *arg) {
   struct candidate_query *q = arg;
+  /* a range exported through IPC never leaves the GPU: another process maps its physical memory */
   if (a->kind == GVM_ALLOC_SWAPPABLE && a->gpu == q->gpu && a->on_device == q->on_device && !a->moving &&
-      q->count < q->room)
+      !(a->pinned && a->on_device) && q->count < q->room)
     q->out[q->count++] = (struct gvm_swap_candidate){key, a->size, a->aux, a->seq};
   return false;
 }
@@ -191,6 +203,65 @@ size_t gvm_swap_candidates(int gpu, bool on_device, struct gvm_swap_candidate *o
   pthread_mutex_unlock(&allocations.lock);
   qsort(out, q.count, sizeof *out, by_seq);
   return q.count;
+}
+
+/* Pinned ranges that are on the host (exported while there): the mover brings them back first. */
+static bool collect_pinned(uint64_t key, struct gvm_alloc *a, void *arg) {
+  struct candidate_query *q = arg;
+  if (a->kind == GVM_ALLOC_SWAPPABLE && a->gpu == q->gpu && a->pinned && !a->on_device && !a->moving &&
+      q->count < q->room)
+    q->out[q->count++] = (struct gvm_swap_candidate){key, a->size, a->aux, a->seq};
+  return false;
+}
+
+size_t gvm_swap_pinned_away(int gpu, struct gvm_swap_candidate *out, size_t room) {
+  struct candidate_query q = {gpu, false, out, room, 0};
+  pthread_mutex_lock(&allocations.lock);
+  gvm_registry_sweep(&allocations, collect_pinned, &q);
+  pthread_mutex_unlock(&allocations.lock);
+  return q.count;
+}
+
+struct containing {
+  uint64_t ptr, key;
+};
+static bool find_containing(uint64_t key, struct gvm_alloc *a, void *arg) {
+  struct containing *c = arg;
+  if (a->kind == GVM_ALLOC_SWAPPABLE && c->ptr - key < a->size) c->key = key;
+  return false;
+}
+
+static void pin_state(uint64_t va, const struct gvm_alloc *a, struct gvm_swap_pin *out) {
+  *out = (struct gvm_swap_pin){va, a->size, a->aux, a->gpu, a->on_device};
+}
+
+/* The swappable range holding ptr (its start or any byte of it), marked pinned; false if none. */
+bool gvm_swap_pin(uint64_t ptr, struct gvm_swap_pin *out) {
+  pthread_mutex_lock(&allocations.lock);
+  struct gvm_alloc *a = gvm_registry_get(&allocations, ptr);
+  uint64_t va = ptr;
+  if (!a || a->kind != GVM_ALLOC_SWAPPABLE) { /* an inner pointer: rare, so a sweep is fine */
+    struct containing c = {ptr, 0};
+    gvm_registry_sweep(&allocations, find_containing, &c);
+    va = c.key;
+    a = va ? gvm_registry_get(&allocations, va) : NULL;
+  }
+  if (a) {
+    a->pinned = 1;
+    pin_state(va, a, out);
+  }
+  pthread_mutex_unlock(&allocations.lock);
+  return a != NULL;
+}
+
+/* Where a range's physical memory is now; false while the mover has it in hand, or once freed. */
+bool gvm_swap_state(uint64_t va, struct gvm_swap_pin *out) {
+  pthread_mutex_lock(&allocations.lock);
+  struct gvm_alloc *a = gvm_registry_get(&allocations, va);
+  bool ok = a && a->kind == GVM_ALLOC_SWAPPABLE && !a->moving;
+  if (ok) pin_state(va, a, out);
+  pthread_mutex_unlock(&allocations.lock);
+  return ok;
 }
 
 /* Claims an allocation for a move if it is still the one the candidate saw. */
@@ -226,10 +297,13 @@ void gvm_swap_end(uint64_t va, bool moved, uint64_t new_handle, bool now_on_devi
 static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(void *), void *arg) {
   if (!active()) return call(arg);
   int gpu = gvm_current_gpu();
+  if (gvm_kernel_mode && dptr) return gvm_kernel_alloc(dptr, size, gpu); /* managed, so the module can evict it */
   /* large allocations in swap mode get a range whose physical side can move; small ones stay plain */
   if (size >= GVM_BACKING_GRANULE && swap_mode(gpu) && dptr) return swap_alloc(dptr, size, gpu);
   if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size)) return CUDA_ERROR_OUT_OF_MEMORY;
   CUresult r = call(arg);
+  /* the GPU itself is full: a latency process may get memory best-effort peers move to the host */
+  if (r == CUDA_ERROR_OUT_OF_MEMORY && gvm_policy_need_memory(gpu, size)) r = call(arg);
   if (r != CUDA_SUCCESS) {
     unreserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size);
     if (r == CUDA_ERROR_OUT_OF_MEMORY && valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
@@ -238,6 +312,17 @@ static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(
   }
   gvm_publish_memory(gpu);
   return r;
+}
+
+/* Kernel mode's managed stand-ins for cuMemAlloc and pitch count as device memory (no limit here). */
+void gvm_memory_count_device(int gpu, CUresult r, CUdeviceptr ptr, uint64_t size) {
+  if (r == CUDA_SUCCESS) {
+    if (valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].sync_bytes, size);
+    remember((uint64_t)ptr, size, gpu, GVM_ALLOC_DEVICE, 0);
+  } else if (r == CUDA_ERROR_OUT_OF_MEMORY && valid_gpu(gpu)) {
+    atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
+  }
+  gvm_publish_memory(gpu);
 }
 
 struct alloc_args {
@@ -265,17 +350,31 @@ static CUresult call_pitch(void *p) {
 CUresult gvm_hook_cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, size_t height,
                                      unsigned int elem) {
   struct pitch_args a = {dptr, pPitch, width, height, elem};
-  if (!active()) return call_pitch(&a);
-  /* the pitch is the driver's choice: check the limit with the width, account what it granted */
+  if (!active() || !dptr || !pPitch) return call_pitch(&a);
+  /* the pitch is the driver's choice: hold width x height against the limit during the call, then the
+   * padding the driver added, so a padded allocation cannot end past the limit */
   int gpu = gvm_current_gpu();
+  if (gvm_kernel_mode) return gvm_kernel_alloc_pitch(dptr, pPitch, width, height, elem, gpu);
+  _Atomic uint64_t *bucket = valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL;
   uint64_t guess = (uint64_t)width * height;
-  if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, guess)) return CUDA_ERROR_OUT_OF_MEMORY;
-  unreserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, guess);
+  if (!reserve(gpu, bucket, guess)) return CUDA_ERROR_OUT_OF_MEMORY;
   CUresult r = call_pitch(&a);
+  bool counted = false; /* reserve() counts its own refusals */
   if (r == CUDA_SUCCESS) {
     uint64_t size = (uint64_t)*pPitch * height;
-    if (valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].sync_bytes, size);
-    remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_DEVICE, 0);
+    if (size > guess && !reserve(gpu, bucket, size - guess)) {
+      GVM_REAL(cuMemFree_v2, *dptr);
+      *dptr = 0;
+      r = CUDA_ERROR_OUT_OF_MEMORY;
+      counted = true;
+    } else {
+      if (size < guess) unreserve(gpu, bucket, guess - size);
+      remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_DEVICE, 0);
+    }
+  }
+  if (r != CUDA_SUCCESS) {
+    unreserve(gpu, bucket, guess);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY && !counted && valid_gpu(gpu)) atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
   }
   gvm_publish_memory(gpu);
   return r;
@@ -295,6 +394,7 @@ CUresult gvm_hook_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned
 CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
   struct gvm_alloc a;
   bool known = active() && dptr && forget((uint64_t)dptr, &a);
+  if (known && a.kind == GVM_ALLOC_SWAPPABLE && a.pinned) gvm_ipc_forget((uint64_t)dptr);
   CUresult r = known && a.kind == GVM_ALLOC_SWAPPABLE ? gvm_backing_free(dptr, a.size, (CUmemGenericAllocationHandle)a.aux, a.on_device)
                                                       : GVM_REAL(cuMemFree_v2, dptr);
   if (!known) return r;
@@ -376,8 +476,12 @@ static void pool_track(CUmemoryPool pool, int gpu) {
   pthread_mutex_unlock(&pool_lock);
 }
 
-/* Re-reads every pool's reservation (driver calls made outside the lock) and republishes. */
+/* Re-reads every pool's reservation (driver calls made outside pool_lock) and republishes. Refreshes
+ * run one at a time: two racing ones could otherwise store an older reading over a newer one. */
+static pthread_mutex_t refresh_lock = PTHREAD_MUTEX_INITIALIZER;
+
 void gvm_pools_refresh(void) {
+  pthread_mutex_lock(&refresh_lock);
   CUmemoryPool snapshot[MAX_POOLS];
   int gpu_of[MAX_POOLS];
   int n = 0;
@@ -401,6 +505,7 @@ void gvm_pools_refresh(void) {
     if (!touched[g]) continue;
     if (atomic_exchange(&gvm_gpus[g].pool_bytes, per_gpu[g]) != per_gpu[g]) gvm_publish_memory(g);
   }
+  pthread_mutex_unlock(&refresh_lock);
 }
 
 /* Would this allocation grow the pool past the limit? A pool with enough idle reservation reuses it. */
@@ -516,6 +621,8 @@ CUresult gvm_hook_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
   if (on_device && !reserve(gpu, bucket, size)) return CUDA_ERROR_OUT_OF_MEMORY;
   if (!on_device && bucket) atomic_fetch_add(bucket, size);
   CUresult r = GVM_REAL(cuMemCreate, handle, size, prop, flags);
+  if (r == CUDA_ERROR_OUT_OF_MEMORY && on_device && gvm_policy_need_memory(gpu, size))
+    r = GVM_REAL(cuMemCreate, handle, size, prop, flags);
   if (r != CUDA_SUCCESS) {
     unreserve(gpu, bucket, size);
   } else {
@@ -636,6 +743,7 @@ void gvm_memory_forget_context(CUcontext ctx) {
   pthread_mutex_lock(&allocations.lock);
   gvm_registry_sweep(&allocations, owned_by, &end);
   pthread_mutex_unlock(&allocations.lock);
+  for (size_t i = 0; i < end.count; i++) gvm_ipc_forget(end.ranges[i].va);
   for (size_t i = 0; i < end.count; i++)
     gvm_backing_free(end.ranges[i].va, end.ranges[i].size, (CUmemGenericAllocationHandle)end.ranges[i].handle,
                      end.ranges[i].on_device);
@@ -646,6 +754,8 @@ void gvm_memory_forget_context(CUcontext ctx) {
 void gvm_memory_reset(void) {
   gvm_registry_init(&allocations);
   pthread_mutex_init(&pool_lock, NULL);
+  pthread_mutex_init(&limit_lock, NULL);
+  pthread_mutex_init(&refresh_lock, NULL);
   memset(pools, 0, sizeof pools);
   for (int g = 0; g < GVM_MAX_GPUS; g++) atomic_store(&known_pool[g], NULL);
 }

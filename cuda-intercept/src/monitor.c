@@ -72,6 +72,7 @@ static void *event_main(void *arg) {
   while (!atomic_load(&stopping)) {
     bool outstanding = gvm_streams_tick(submitted, ended);
     publish_kernels(submitted, ended);
+    gvm_policy_tick(submitted, ended);
     uint64_t now = gvm_now_ns();
     uint32_t wake = atomic_load(&event_wake);
     /* pools change on frees and trims (a kick) and shrink on their own: re-measure at least every 100 ms */

@@ -31,6 +31,7 @@ struct gvm_alloc {
   uint8_t released;   /* VMM_HANDLE: cuMemRelease seen */
   uint8_t on_device;  /* VMM_HANDLE, SWAPPABLE: physical memory on the GPU */
   uint8_t moving;     /* SWAPPABLE: the mover is changing its physical side; frees wait */
+  uint8_t pinned;     /* SWAPPABLE: exported through CUDA IPC, so it stays on the GPU */
   uint32_t map_count; /* VMM_HANDLE: live mappings */
   uint64_t seq;       /* SWAPPABLE: allocation order, oldest moves out first */
 };

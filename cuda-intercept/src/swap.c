@@ -29,7 +29,28 @@ static _Atomic int mover_stopping;
 static _Atomic uint32_t mover_wake; /* bumped by every kick */
 static _Atomic uint32_t mover_done; /* the wake value the last finished pass started from */
 static CUcontext mover_ctx[GVM_MAX_GPUS];
-static CUstream mover_stream[GVM_MAX_GPUS];
+
+/*
+ * Copy tuning, read once when the mover starts (the lead measures them with bench/swap):
+ *   GVM_SWAP_STREAMS    1..4 (default 1): mover streams; ranges (or chunks) go round-robin over them,
+ *                       so several copy engines can work at once
+ *   GVM_SWAP_CHUNK_MIB  0 (default): one copy per range; N: copies of at most N MiB, spread over the
+ *                       streams, so even one large range uses every stream
+ */
+#define MAX_STREAMS 4
+static CUstream mover_stream[GVM_MAX_GPUS][MAX_STREAMS];
+static int stream_count = 1;
+static uint64_t chunk_bytes;
+static unsigned next_stream; /* mover thread only */
+static bool pass_moved;      /* mover thread only: this pass moved something */
+
+static void read_tuning(void) {
+  const char *v = getenv("GVM_SWAP_STREAMS");
+  long n = v && *v ? strtol(v, NULL, 10) : 1;
+  stream_count = n < 1 ? 1 : n > MAX_STREAMS ? MAX_STREAMS : (int)n;
+  v = getenv("GVM_SWAP_CHUNK_MIB");
+  chunk_bytes = v && *v ? strtoull(v, NULL, 10) << 20 : 0;
+}
 
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
   return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, 0);
@@ -47,27 +68,29 @@ static CUresult warm_up(int gpu) {
   CUresult r = gvm_backing_alloc(dev, GVM_BACKING_GRANULE, true, &a, &ha);
   if (r != CUDA_SUCCESS) return r;
   r = gvm_backing_alloc(dev, GVM_BACKING_GRANULE, false, &b, &hb);
-  if (r == CUDA_SUCCESS) {
-    r = GVM_REAL(cuMemcpyAsync, b, a, GVM_BACKING_GRANULE, mover_stream[gpu]);
-    if (r == CUDA_SUCCESS) r = GVM_REAL(cuMemcpyAsync, a, b, GVM_BACKING_GRANULE, mover_stream[gpu]);
-    if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
-    gvm_backing_free(b, GVM_BACKING_GRANULE, hb, false);
+  bool have_b = r == CUDA_SUCCESS;
+  for (int i = 0; r == CUDA_SUCCESS && i < stream_count; i++) { /* each stream may get its own channel */
+    r = GVM_REAL(cuMemcpyAsync, b, a, GVM_BACKING_GRANULE, mover_stream[gpu][i]);
+    if (r == CUDA_SUCCESS) r = GVM_REAL(cuMemcpyAsync, a, b, GVM_BACKING_GRANULE, mover_stream[gpu][i]);
+    if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamSynchronize, mover_stream[gpu][i]);
   }
+  if (have_b) gvm_backing_free(b, GVM_BACKING_GRANULE, hb, false);
   gvm_backing_free(a, GVM_BACKING_GRANULE, ha, true);
   return r;
 }
 
 static bool ensure_context(int gpu) {
-  if (mover_stream[gpu]) return GVM_REAL(cuCtxSetCurrent, mover_ctx[gpu]) == CUDA_SUCCESS;
+  if (mover_stream[gpu][0]) return GVM_REAL(cuCtxSetCurrent, mover_ctx[gpu]) == CUDA_SUCCESS;
   /* objects the driver allocates for this context are ours: keep them out of the app's freeze */
   gvm_rm_set_creating_gpu(GVM_RM_AGENT_OWNED);
   CUresult r = GVM_REAL(cuCtxCreate_v2, &mover_ctx[gpu], 0, gvm_gpus[gpu].device);
-  if (r == CUDA_SUCCESS) r = GVM_REAL(cuStreamCreate, &mover_stream[gpu], CU_STREAM_NON_BLOCKING);
+  for (int i = 0; r == CUDA_SUCCESS && i < stream_count; i++)
+    r = GVM_REAL(cuStreamCreate, &mover_stream[gpu][i], CU_STREAM_NON_BLOCKING);
   gvm_rm_set_creating_gpu(-1);
   if (r == CUDA_SUCCESS) r = warm_up(gpu);
   if (r != CUDA_SUCCESS) {
     GVM_LOG_ONCE(GVM_LOG_ERROR, "cannot create the mover's context on GPU %d (%d); no moves", gpu, (int)r);
-    mover_stream[gpu] = NULL;
+    mover_stream[gpu][0] = NULL;
     return false;
   }
   return true;
@@ -78,29 +101,41 @@ struct move {
   struct gvm_swap_candidate c;
   CUdeviceptr stage;
   CUmemGenericAllocationHandle fresh;
-  CUevent copied;
+  CUevent copied[MAX_STREAMS]; /* recorded after this range's copies on each stream it used */
+  unsigned used;               /* bit per stream */
   bool ready;
+  bool kept_stage; /* to the host: the handle's own staging range, which stays mapped (backing.c) */
+  bool moved;
 };
 
 static bool prepare(int gpu, struct move *m, bool to_device) {
   CUdevice dev = gvm_gpus[gpu].device;
   if (!gvm_swap_begin(m->c.va, m->c.handle)) return false; /* freed or moved meanwhile */
-  CUresult r = GVM_REAL(cuMemAddressReserve, &m->stage, m->c.size, GVM_BACKING_GRANULE, 0, 0);
-  if (r == CUDA_SUCCESS) {
-    r = gvm_backing_create(dev, m->c.size, to_device, &m->fresh);
+  m->kept_stage = !to_device && gvm_backing_stage(dev, m->c.size, &m->fresh, &m->stage) == CUDA_SUCCESS;
+  CUresult r = CUDA_SUCCESS;
+  if (!m->kept_stage) {
+    m->stage = 0;
+    r = GVM_REAL(cuMemAddressReserve, &m->stage, m->c.size, GVM_BACKING_GRANULE, 0, 0);
     if (r == CUDA_SUCCESS) {
-      r = gvm_backing_attach(m->stage, m->c.size, dev, m->fresh);
-      if (r != CUDA_SUCCESS) gvm_backing_give_back(m->fresh, m->c.size, to_device);
+      r = gvm_backing_create(dev, m->c.size, to_device, &m->fresh);
+      if (r == CUDA_SUCCESS) {
+        r = gvm_backing_attach(m->stage, m->c.size, dev, m->fresh);
+        if (r != CUDA_SUCCESS) gvm_backing_give_back(m->fresh, m->c.size, to_device);
+      }
+      if (r != CUDA_SUCCESS) GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
     }
-    if (r != CUDA_SUCCESS) GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
+    if (r != CUDA_SUCCESS) m->stage = 0;
   }
-  if (r == CUDA_SUCCESS) r = GVM_REAL(cuEventCreate, &m->copied, CU_EVENT_DISABLE_TIMING);
+  int events = 0;
+  for (; r == CUDA_SUCCESS && events < stream_count; events++)
+    r = GVM_REAL(cuEventCreate, &m->copied[events], CU_EVENT_DISABLE_TIMING);
   if (r != CUDA_SUCCESS) {
-    if (m->stage) {
+    for (int i = 0; i + 1 < events; i++) GVM_REAL(cuEventDestroy_v2, m->copied[i]);
+    if (m->stage && !m->kept_stage) {
       GVM_REAL(cuMemUnmap, m->stage, m->c.size);
       GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
-      gvm_backing_give_back(m->fresh, m->c.size, to_device);
     }
+    if (m->stage) gvm_backing_give_back(m->fresh, m->c.size, to_device);
     gvm_swap_end(m->c.va, false, 0, false);
     return false;
   }
@@ -108,33 +143,65 @@ static bool prepare(int gpu, struct move *m, bool to_device) {
   return true;
 }
 
-/* After the copy: the range takes its new physical memory; the old goes back (host side to the pool). */
-static void finish(int gpu, struct move *m, bool to_device, bool copied) {
-  CUdevice dev = gvm_gpus[gpu].device;
-  bool moved = false;
-  if (copied && GVM_REAL(cuMemUnmap, m->c.va, m->c.size) == CUDA_SUCCESS) {
-    moved = gvm_backing_attach(m->c.va, m->c.size, dev, m->fresh) == CUDA_SUCCESS;
-    if (!moved) /* put the old physical memory back where it was: nothing is lost */
-      gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
+/* Queues a range's copy (in chunks when tuned so) on the mover's streams, round-robin. */
+static CUresult issue(int gpu, struct move *m) {
+  uint64_t step = chunk_bytes ? chunk_bytes : m->c.size;
+  CUresult r = CUDA_SUCCESS;
+  m->used = 0;
+  for (uint64_t off = 0; r == CUDA_SUCCESS && off < m->c.size; off += step) {
+    unsigned s = next_stream++ % (unsigned)stream_count;
+    uint64_t n = m->c.size - off < step ? m->c.size - off : step;
+    r = GVM_REAL(cuMemcpyAsync, m->stage + off, m->c.va + off, n, mover_stream[gpu][s]);
+    m->used |= 1u << s;
   }
-  GVM_REAL(cuMemUnmap, m->stage, m->c.size);
-  GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
-  if (moved) gvm_backing_give_back((CUmemGenericAllocationHandle)m->c.handle, m->c.size, !to_device);
-  else gvm_backing_give_back(m->fresh, m->c.size, to_device);
-  GVM_REAL(cuEventDestroy_v2, m->copied);
-  if (!moved) GVM_LOG_ONCE(GVM_LOG_WARN, "a move to the %s failed; the range stays where it was", to_device ? "GPU" : "host");
-  gvm_swap_end(m->c.va, moved, (uint64_t)m->fresh, to_device);
+  for (int s = 0; r == CUDA_SUCCESS && s < stream_count; s++)
+    if (m->used & (1u << s)) r = GVM_REAL(cuEventRecord, m->copied[s], mover_stream[gpu][s]);
+  return r;
 }
 
-/* Waits for one copy, but never past the deadline. */
-static CUresult wait_copied(CUevent e, uint64_t deadline_ns) {
-  for (;;) {
-    CUresult r = GVM_REAL(cuEventQuery, e);
-    if (r != CUDA_ERROR_NOT_READY) return r;
-    if (gvm_now_ns() > deadline_ns) return CUDA_ERROR_TIMEOUT;
-    struct timespec ts = {0, 50000};
-    nanosleep(&ts, NULL);
+/* After the copy, inside the quiet window: the range takes its new physical memory. */
+static void finish(int gpu, struct move *m, bool to_device, bool copied) {
+  CUdevice dev = gvm_gpus[gpu].device;
+  m->moved = false;
+  if (copied && GVM_REAL(cuMemUnmap, m->c.va, m->c.size) == CUDA_SUCCESS) {
+    m->moved = gvm_backing_attach(m->c.va, m->c.size, dev, m->fresh) == CUDA_SUCCESS;
+    if (!m->moved) /* put the old physical memory back where it was: nothing is lost */
+      gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
   }
+  if (!m->moved) GVM_LOG_ONCE(GVM_LOG_WARN, "a move to the %s failed; the range stays where it was", to_device ? "GPU" : "host");
+  gvm_swap_end(m->c.va, m->moved, (uint64_t)m->fresh, to_device);
+}
+
+/* After the window: what no range uses any more goes back (host memory to the pool), out of the
+ * application's stopped time. The range itself is no longer ours to touch (gvm_swap_end). */
+static void tidy(struct move *m, bool to_device) {
+  if (!m->kept_stage) {
+    GVM_REAL(cuMemUnmap, m->stage, m->c.size);
+    GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
+  }
+  if (m->moved) gvm_backing_give_back((CUmemGenericAllocationHandle)m->c.handle, m->c.size, !to_device);
+  else gvm_backing_give_back(m->fresh, m->c.size, to_device);
+  for (int s = 0; s < stream_count; s++) GVM_REAL(cuEventDestroy_v2, m->copied[s]);
+}
+
+/* Waits for one range's copies, but never past the deadline. */
+static CUresult wait_copied(const struct move *m, uint64_t deadline_ns) {
+  for (int s = 0; s < stream_count; s++) {
+    if (!(m->used & (1u << s))) continue;
+    for (;;) {
+      CUresult r = GVM_REAL(cuEventQuery, m->copied[s]);
+      if (r == CUDA_SUCCESS) break;
+      if (r != CUDA_ERROR_NOT_READY) return r;
+      if (gvm_now_ns() > deadline_ns) return CUDA_ERROR_TIMEOUT;
+      struct timespec ts = {0, 50000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  return CUDA_SUCCESS;
+}
+
+static void sync_streams(int gpu) {
+  for (int s = 0; s < stream_count; s++) GVM_REAL(cuStreamSynchronize, mover_stream[gpu][s]);
 }
 
 /*
@@ -143,29 +210,27 @@ static CUresult wait_copied(CUevent e, uint64_t deadline_ns) {
  */
 static void move_batch(int gpu, struct move *moves, size_t count, bool to_device) {
   size_t ready = 0;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0, t_prepare = gvm_now_ns();
   for (size_t i = 0; i < count; i++)
     if (prepare(gpu, &moves[i], to_device)) {
       moves[ready++] = moves[i];
       bytes += moves[i].c.size;
     }
   if (ready == 0) return;
+  pass_moved = true;
   if (!gvm_compute_quiesce(gpu)) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "swap moves need the RM path to stop the process's channels; none done");
     for (size_t i = 0; i < ready; i++) finish(gpu, &moves[i], to_device, false);
+    for (size_t i = 0; i < ready; i++) tidy(&moves[i], to_device);
     return;
   }
   uint64_t t0 = gvm_now_ns();
-  for (size_t i = 0; i < ready; i++) {
-    CUresult r = GVM_REAL(cuMemcpyAsync, moves[i].stage, moves[i].c.va, moves[i].c.size, mover_stream[gpu]);
-    if (r == CUDA_SUCCESS) r = GVM_REAL(cuEventRecord, moves[i].copied, mover_stream[gpu]);
-    moves[i].ready = r == CUDA_SUCCESS;
-  }
+  for (size_t i = 0; i < ready; i++) moves[i].ready = issue(gpu, &moves[i]) == CUDA_SUCCESS;
   /* at least 10 s, and 10 s per 10 GiB (the link does ~50 GB/s: this is far beyond it) */
   uint64_t deadline = t0 + 10000000000ull + bytes;
   size_t done = 0;
   for (; done < ready; done++) {
-    CUresult r = moves[done].ready ? wait_copied(moves[done].copied, deadline) : CUDA_ERROR_UNKNOWN;
+    CUresult r = moves[done].ready ? wait_copied(&moves[done], deadline) : CUDA_ERROR_UNKNOWN;
     if (r == CUDA_ERROR_TIMEOUT) break;
     finish(gpu, &moves[done], to_device, r == CUDA_SUCCESS);
   }
@@ -173,18 +238,30 @@ static void move_batch(int gpu, struct move *moves, size_t count, bool to_device
     /* a copy is stuck while the process is stopped: let it run, wait for our copies, move nothing more */
     GVM_LOG_ONCE(GVM_LOG_ERROR, "swap copies did not finish in time while the process was stopped; moves abandoned");
     gvm_compute_resume(gpu);
-    GVM_REAL(cuStreamSynchronize, mover_stream[gpu]);
+    sync_streams(gpu);
     for (; done < ready; done++) finish(gpu, &moves[done], to_device, false);
+    for (size_t i = 0; i < ready; i++) tidy(&moves[i], to_device);
     return;
   }
   gvm_compute_resume(gpu);
-  gvm_log(GVM_LOG_DEBUG, "mover: %zu range(s), %llu bytes to the %s in %.1f ms", ready, (unsigned long long)bytes,
-          to_device ? "GPU" : "host", (double)(gvm_now_ns() - t0) / 1e6);
+  uint64_t t1 = gvm_now_ns();
+  for (size_t i = 0; i < ready; i++) tidy(&moves[i], to_device);
+  gvm_log(GVM_LOG_DEBUG, "mover: %zu range(s), %llu bytes to the %s in %.1f ms (quiet window; prepared in %.1f ms, "
+          "%d stream(s), chunk %llu MiB)", ready, (unsigned long long)bytes, to_device ? "GPU" : "host",
+          (double)(t1 - t0) / 1e6, (double)(t0 - t_prepare) / 1e6, stream_count,
+          (unsigned long long)(chunk_bytes >> 20));
 }
 
 /* One pass for one GPU: pick what to move, then move it in one quiet window. */
 static void rebalance(int gpu, struct gvm_swap_candidate *cands, struct move *moves) {
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  /* ranges exported through IPC while on the host come back first, whatever the limit: another
+   * process is about to map their physical memory, which must be the GPU's */
+  size_t home = gvm_swap_pinned_away(gpu, cands, MAX_MOVES);
+  if (home > 0 && ensure_context(gpu)) {
+    for (size_t i = 0; i < home; i++) moves[i] = (struct move){.c = cands[i]};
+    move_batch(gpu, moves, home, true);
+  }
   if (GVM_LOAD(&b->memory_mode) != GVM_MEMORY_MODE_SWAP) return;
   uint64_t limit = gvm_memory_limit(gpu), current = gvm_memory_current(gpu);
   bool out = current > limit;
@@ -217,6 +294,13 @@ static void *mover_main(void *arg) {
       if (gvm_gpus[g].present) rebalance(g, cands, moves);
     atomic_store(&mover_done, wake);
     futex(&mover_done, FUTEX_WAKE, INT32_MAX, NULL);
+    /* after the answer: host memory a move gave back gets its staging range before the next move out */
+    for (int g = 0; pass_moved && g < GVM_MAX_GPUS; g++)
+      if (gvm_gpus[g].present && mover_stream[g][0]) {
+        gvm_backing_prestage(gvm_gpus[g].device);
+        break;
+      }
+    pass_moved = false;
     /* memory freed by others or by the app lets data come back: look again now and then */
     struct timespec ts = {0, 250 * 1000000L};
     if (atomic_load(&mover_wake) == wake) futex(&mover_wake, FUTEX_WAIT_PRIVATE, wake, &ts);
@@ -250,6 +334,7 @@ uint64_t gvm_swap_wait(uint64_t timeout_ms) {
 
 int gvm_swap_start(void) {
   atomic_store(&mover_stopping, 0);
+  read_tuning();
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -274,6 +359,6 @@ void gvm_swap_reset(void) {
   mover_running = false;
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
     mover_ctx[g] = NULL;
-    mover_stream[g] = NULL;
+    for (int i = 0; i < MAX_STREAMS; i++) mover_stream[g][i] = NULL;
   }
 }

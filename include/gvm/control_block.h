@@ -19,7 +19,7 @@
 #define GVM_SHM_DIR "/dev/shm/gvm"
 #define GVM_CB_MAGIC 0x434d5647u /* "GVMC" little-endian */
 #define GVM_CB_VERSION_MAJOR 1u
-#define GVM_CB_VERSION_MINOR 0u
+#define GVM_CB_VERSION_MINOR 2u /* 1: per-GPU policy state; 2: backend */
 
 #define GVM_MAX_GPUS 16
 #define GVM_MAX_TSGS 32
@@ -45,10 +45,61 @@ enum gvm_key {
   GVM_KEY_MEMORY_LIMIT = 1,     /* value: bytes */
   GVM_KEY_MEMORY_MODE = 2,      /* value: enum gvm_memory_mode */
   GVM_KEY_COMPUTE_PRIORITY = 3, /* value: 0..15 */
-  GVM_KEY_COMPUTE_FREEZE = 4    /* value: 0 or 1 */
+  GVM_KEY_COMPUTE_FREEZE = 4,   /* value: 0 or 1 */
+  GVM_KEY_POLICY_CLASS = 5      /* value: enum gvm_policy_class (minor 1) */
+};
+
+/*
+ * Automatic policy (minor 1). A latency process publishes busy/idle on the GPU's policy board
+ * (policy_board.h); a best-effort process holds itself (freeze or shortest timeslice) while a more
+ * important one is busy, and gives up memory in swap mode when a more important one needs it.
+ */
+enum gvm_policy_class { GVM_CLASS_NONE = 0, GVM_CLASS_LATENCY = 1, GVM_CLASS_BEST_EFFORT = 2 };
+
+/* Entries of the per-GPU policy event log (newest at (event_head - 1) % GVM_POLICY_EVENTS). */
+enum gvm_policy_event_kind {
+  GVM_EVENT_BUSY = 1,        /* latency: first launch of a burst; value = burst number */
+  GVM_EVENT_IDLE = 2,        /* latency: all work ended; value = burst length in us */
+  GVM_EVENT_HOLD = 3,        /* best-effort: held; pid = the busy process, value = chain in us */
+  GVM_EVENT_RELEASE = 4,     /* best-effort: released; value = time held in us */
+  GVM_EVENT_MEM_NEED = 5,    /* latency: an allocation waits for memory; value = bytes */
+  GVM_EVENT_MEM_LEND = 6,    /* best-effort: gave up memory; pid = for whom, value = bytes */
+  GVM_EVENT_MEM_RETURN = 7,  /* best-effort: took lent memory back; value = bytes */
+  GVM_EVENT_PEER_GONE = 8    /* a busy peer died; pid = it */
+};
+
+#define GVM_POLICY_EVENTS 16
+#define GVM_CHAIN_BUCKETS 32 /* histogram of hold chains: bucket i counts [i, i+1) x 100 us, the last is open */
+
+struct gvm_policy_event {
+  uint64_t ns;  /* CLOCK_MONOTONIC */
+  uint32_t kind;
+  int32_t pid;
+  uint64_t value;
+};
+
+struct gvm_policy_info {
+  uint32_t klass;            /* enum gvm_policy_class */
+  uint32_t held;             /* best-effort: 1 while held by the policy */
+  uint32_t action;           /* 0 freeze, 1 throttle (shortest timeslice) */
+  uint32_t idle_ms;          /* hysteresis: how long more important work must be idle before a release */
+  uint64_t bursts;           /* latency: idle->busy transitions */
+  uint64_t holds;            /* best-effort: times held */
+  uint64_t held_ns;          /* best-effort: total time held (closed holds) */
+  uint64_t chain_last_ns;    /* best-effort: first launch of the burst -> own work stopped */
+  uint64_t chain_max_ns;
+  uint64_t memory_lent;      /* best-effort: bytes moved to host for a more important process (gauge) */
+  uint64_t memory_waits;     /* latency: allocations that waited for lent memory */
+  uint32_t chain_hist[GVM_CHAIN_BUCKETS];
+  uint32_t event_head;       /* events written so far */
+  uint32_t reserved0;
+  struct gvm_policy_event events[GVM_POLICY_EVENTS];
 };
 
 enum gvm_memory_mode { GVM_MEMORY_MODE_OOM = 0, GVM_MEMORY_MODE_SWAP = 1 };
+
+/* Who enforces limits, priority and freeze (minor 2): the agent, or the nvidia-uvm module's files. */
+enum gvm_backend { GVM_BACKEND_AGENT = 0, GVM_BACKEND_KERNEL = 1 };
 
 /* How compute control reaches the GPU in this process. */
 enum gvm_control_mode {
@@ -145,7 +196,9 @@ struct gvm_gpu_block {
   struct gvm_tsg_info tsg[GVM_MAX_TSGS];
   struct gvm_channel_info channel[GVM_MAX_CHANNELS];
 
-  uint8_t reserved[8192 - 3424];
+  struct gvm_policy_info policy; /* minor 1 */
+
+  uint8_t reserved[8192 - 3424 - sizeof(struct gvm_policy_info)];
 };
 
 struct gvm_control_block {
@@ -165,7 +218,8 @@ struct gvm_control_block {
   uint32_t flags;
   char agent_version[32];
   char cmdline[GVM_CMDLINE_MAX]; /* argv joined by spaces, truncated */
-  uint8_t reserved_header0[2432 - 608];
+  uint8_t reserved_header0[2432 - 608 - 4];
+  uint32_t backend;        /* enum gvm_backend (minor 2); 0 in older blocks */
   struct gvm_command command;
   uint8_t reserved_header1[4096 - 2432 - sizeof(struct gvm_command)];
   struct gvm_gpu_block gpu[GVM_MAX_GPUS];
@@ -186,8 +240,12 @@ GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, kernels_submitted) == 176, "gpu
 GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, rm_seq) == 320, "gpu.rm_seq");
 GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, tsg) == 352, "gpu.tsg");
 GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, channel) == 1376, "gpu.channel");
+GVM_STATIC_ASSERT(sizeof(struct gvm_policy_event) == 24, "policy event size");
+GVM_STATIC_ASSERT(sizeof(struct gvm_policy_info) == 592, "policy info size");
+GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, policy) == 3424, "gpu.policy");
 GVM_STATIC_ASSERT(sizeof(struct gvm_gpu_block) == 8192, "gpu block size");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, cmdline) == 96, "cmdline");
+GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, backend) == 2428, "backend");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, command) == 2432, "command");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, gpu) == 4096, "gpu array");
 GVM_STATIC_ASSERT(sizeof(struct gvm_control_block) == 4096 + GVM_MAX_GPUS * 8192, "block size");

@@ -9,9 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { GvmError, isGvmError } from '../errors';
-import { Gvm, GvmGpu, GvmKey, GvmProcess } from '../index';
+import { Gvm, GvmGpu, GvmKey, GvmProcess, POLICY_CLASSES, PolicyClass } from '../index';
 import { agentPath, packageRoot } from '../paths';
-import { main as daemonMain } from '../daemon/gvmd';
 import { isSortKey, runTop, SortKey } from '../top/top';
 import { formatBytes, parseBytes } from '../units';
 
@@ -52,7 +51,12 @@ shared; SIGINT, SIGTERM and SIGHUP are passed on to CMD; gvm exits with CMD's ex
 Options:
   --memory-limit SIZE     device memory limit per GPU: bytes, or K/M/G/T (1K = 1024), KiB..TiB
   --memory-mode oom|swap  over the limit: fail the allocation (oom) or place it in host memory (swap)
-  --priority N            compute priority 0..15, lower is more important (8: driver default)
+  --priority N            compute priority 0..15, lower is more important (8: driver default;
+                          15 for --class best-effort)
+  --class CLASS           automatic policy: latency (publishes its bursts), best-effort (holds its
+                          own work while a latency process on its GPU is busy), or none
+  --idle-ms N             best-effort: resume once latency work has been idle N ms (default 3)
+  --policy-action ACTION  best-effort: freeze (default) or throttle (shortest timeslice) while held
   --log LEVEL             agent log level: error, warn, info or debug
 
 Environment: GVM_AGENT_PATH overrides the agent library to preload.
@@ -79,6 +83,10 @@ Keys:
   memory.mode           oom or swap
   compute.priority      0..15
   compute.freeze        1 when frozen, else 0
+  policy.class          none, latency or best-effort
+  policy.stat           the policy's counters: bursts, holds, held_ms, chain_last_us, chain_max_us,
+                        chain_p50_us, chain_p99_us, memory_lent, memory_waits, held
+  policy.events         the last 16 policy decisions, oldest first ("ms_ago kind pid value")
   kernels.submitted     kernels launched
   kernels.ended         kernels known to have finished
   kernels.pending       submitted - ended
@@ -98,6 +106,7 @@ Keys:
   compute.freeze 0|1    same as gvm thaw / gvm freeze
   memory.limit SIZE     bytes, or K/M/G/T (1K = 1024); at most the GPU's size
   memory.mode oom|swap  what happens past the limit
+  policy.class CLASS    none, latency or best-effort (see gvm run --class)
 `,
   top: `Usage: gvm top [--once] [--sort memory|rate|pid|priority]
 
@@ -135,6 +144,9 @@ const GET_KEYS = [
   'memory.mode',
   'compute.priority',
   'compute.freeze',
+  'policy.class',
+  'policy.stat',
+  'policy.events',
   'gcgroup.stat',
   'kernels.submitted',
   'kernels.ended',
@@ -206,6 +218,23 @@ async function cmdRun(args: string[]): Promise<number> {
         if (!/^\d+$/.test(value) || Number(value) > 15) throw new UsageError(`--priority must be an integer 0..15, not '${value}'`, 'run');
         env.GVM_PRIORITY = String(Number(value));
         break;
+      case '--class':
+        [value, i] = optionValue(args, i, name, 'run');
+        if (!(POLICY_CLASSES as readonly string[]).includes(value)) {
+          throw new UsageError(`--class must be latency, best-effort or none, not '${value}'`, 'run');
+        }
+        env.GVM_CLASS = value;
+        break;
+      case '--idle-ms':
+        [value, i] = optionValue(args, i, name, 'run');
+        if (!/^\d+$/.test(value) || Number(value) > 10000) throw new UsageError(`--idle-ms must be an integer 0..10000, not '${value}'`, 'run');
+        env.GVM_POLICY_IDLE_MS = String(Number(value));
+        break;
+      case '--policy-action':
+        [value, i] = optionValue(args, i, name, 'run');
+        if (value !== 'freeze' && value !== 'throttle') throw new UsageError(`--policy-action must be freeze or throttle, not '${value}'`, 'run');
+        env.GVM_POLICY_ACTION = value;
+        break;
       case '--log':
         [value, i] = optionValue(args, i, name, 'run');
         if (!['error', 'warn', 'info', 'debug'].includes(value)) {
@@ -219,6 +248,8 @@ async function cmdRun(args: string[]): Promise<number> {
   }
   const command = args.slice(i);
   if (command.length === 0) throw new UsageError('no command to run', 'run');
+  /* best-effort work yields the GPU fastest with the shortest timeslice, unless told otherwise */
+  if (env.GVM_CLASS === 'best-effort' && !args.slice(0, i).some((a) => a.split('=')[0] === '--priority')) env.GVM_PRIORITY = '15';
 
   const agent = agentPath();
   const preload = (env.LD_PRELOAD ?? '').split(/[: ]/).filter((p) => p !== '' && p !== agent);
@@ -264,6 +295,7 @@ function psJson(p: GvmProcess, g: GvmGpu | undefined): object {
     agentVersion: p.agentVersion,
     driverVersion: p.driverVersion,
     state: stateOf(p, g),
+    backend: p.backend,
     gpu: g === undefined ? null : g.snapshot(),
   };
 }
@@ -343,7 +375,31 @@ function selectGpu(p: GvmProcess, index: number | undefined): GvmGpu {
   return first;
 }
 
+function policyStat(g: GvmGpu): Record<string, number> {
+  const p = g.policy;
+  return {
+    bursts: p.bursts,
+    holds: p.holds,
+    held: p.held ? 1 : 0,
+    held_ms: Math.round(p.heldMs),
+    chain_last_us: Math.round(p.chain.lastUs),
+    chain_max_us: Math.round(p.chain.maxUs),
+    chain_p50_us: p.chain.p50Us ?? 0,
+    chain_p99_us: p.chain.p99Us ?? 0,
+    memory_lent: p.memoryLent,
+    memory_waits: p.memoryWaits,
+  };
+}
+
+function policyEvents(g: GvmGpu): string {
+  const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as the agent stamps them
+  return g.policy.events.map((e) => `${(Number(now - e.ns) / 1e6).toFixed(1)} ${e.kind} ${e.pid} ${e.value}`).join('\n');
+}
+
 function getValue(g: GvmGpu, key: GetKey): number | string | Record<string, number> {
+  if (key === 'policy.class') return g.policy.class;
+  if (key === 'policy.stat') return policyStat(g);
+  if (key === 'policy.events') return policyEvents(g);
   const s = g.snapshot();
   switch (key) {
     case 'memory.current':
@@ -413,7 +469,7 @@ async function cmdGet(args: string[]): Promise<number> {
 
 // --- set / freeze / thaw -------------------------------------------------------------------------
 
-const SET_KEYS = ['compute.priority', 'compute.freeze', 'memory.limit', 'memory.mode'] as const;
+const SET_KEYS = ['compute.priority', 'compute.freeze', 'memory.limit', 'memory.mode', 'policy.class'] as const;
 
 function targets(p: GvmProcess, index: number | undefined): GvmGpu[] {
   if (index !== undefined) return [p.gpuByIndex(index)];
@@ -443,6 +499,11 @@ function settingApplier(key: string, value: string, command: string): (g: GvmGpu
     case 'memory.mode':
       if (value !== 'oom' && value !== 'swap') throw new UsageError(`memory.mode must be oom or swap, not '${value}'`, command);
       return (g) => g.command(GvmKey.MEMORY_MODE, value === 'swap' ? 1 : 0);
+    case 'policy.class':
+      if (!(POLICY_CLASSES as readonly string[]).includes(value)) {
+        throw new UsageError(`policy.class must be latency, best-effort or none, not '${value}'`, command);
+      }
+      return (g) => g.setPolicyClass(value as PolicyClass);
     default:
       throw new UsageError(`unknown or read-only key '${key}'`, command);
   }
@@ -554,7 +615,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'debug':
         return await cmdDebug(rest);
       case 'daemon':
-        return await daemonMain(rest);
+        // loaded only here: gvmd pulls in prom-client and the FUSE module, which no other command needs
+        return await (require('../daemon/gvmd') as typeof import('../daemon/gvmd.js')).main(rest);
       case 'top': {
         let once = false;
         let sort: SortKey = 'memory';

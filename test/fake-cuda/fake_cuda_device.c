@@ -52,8 +52,12 @@ CUresult cuInit(unsigned int Flags)
         unsigned long long n = env_ull("FAKE_CUDA_DEVICES", 2);
         g_fake_device_count = (int)(n > FAKE_MAX_DEVICES ? FAKE_MAX_DEVICES : n);
         size_t total = (size_t)env_ull("FAKE_CUDA_MEM_BYTES", 85899345920ULL);
-        for (int i = 0; i < g_fake_device_count; i++)
+        /* memory other processes hold: the device is that much fuller than this process accounts */
+        size_t others = (size_t)env_ull("FAKE_CUDA_USED_BYTES", 0);
+        for (int i = 0; i < g_fake_device_count; i++) {
             g_fake_devices[i].total = total;
+            atomic_store(&g_fake_devices[i].used, others < total ? others : total);
+        }
         g_fake_kernel_us = (unsigned)env_ull("FAKE_CUDA_KERNEL_US", 0);
         if (env_ull("FAKE_CUDA_HOLD", 0))
             fakeCudaHoldGpu(1);

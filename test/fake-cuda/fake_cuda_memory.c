@@ -256,6 +256,35 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
     return r;
 }
 
+/* Advice is accepted only where the driver accepts it: a range inside one managed allocation, for a
+ * real device (or the CPU), so a caller passing a wrong pointer or location sees the error. */
+static CUresult advise(uintptr_t addr, size_t count, CUmem_advise advice, CUmemLocation loc)
+{
+    FAKE_REQUIRE_INIT();
+    if (advice < CU_MEM_ADVISE_SET_READ_MOSTLY || advice > CU_MEM_ADVISE_UNSET_ACCESSED_BY || count == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    int where_ok = loc.type == CU_MEM_LOCATION_TYPE_HOST || (loc.type == CU_MEM_LOCATION_TYPE_DEVICE && fake_device_valid(loc.id));
+    pthread_mutex_lock(&g_mem);
+    fake_block_t *b = fake_mem_find(addr);
+    int ok = b && b->kind == MEM_MANAGED && count <= b->size - (addr - b->base);
+    pthread_mutex_unlock(&g_mem);
+    return ok && where_ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuMemAdvise(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUdevice device)
+{
+    FAKE_ENTER(cuMemAdvise);
+    CUmemLocation loc = {.type = device == CU_DEVICE_CPU ? CU_MEM_LOCATION_TYPE_HOST : CU_MEM_LOCATION_TYPE_DEVICE,
+                         .id = device};
+    return advise((uintptr_t)devPtr, count, advice, loc);
+}
+
+CUresult cuMemAdvise_v2(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUmemLocation location)
+{
+    FAKE_ENTER(cuMemAdvise_v2);
+    return advise((uintptr_t)devPtr, count, advice, location);
+}
+
 static CUresult get_range(uintptr_t addr, uintptr_t *base, size_t *size)
 {
     FAKE_REQUIRE_INIT();

@@ -10,7 +10,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PHYS_MAGIC 0xF1A5F1A5u
@@ -23,6 +25,7 @@ typedef struct fake_phys {
     CUmemAllocationProp prop;
     int refs; /* cuMemCreate and cuMemRetainAllocationHandle each add one */
     int maps;
+    int imported; /* from cuMemImportFromShareableHandle: another process's memory, not charged here */
     struct fake_phys *next;
 } fake_phys_t;
 
@@ -62,7 +65,7 @@ static void phys_maybe_free(fake_phys_t *p)
         pp = &(*pp)->next;
     *pp = p->next;
     close(p->fd);
-    if (p->prop.location.type == CU_MEM_LOCATION_TYPE_DEVICE)
+    if (p->prop.location.type == CU_MEM_LOCATION_TYPE_DEVICE && !p->imported)
         fake_device_uncharge(p->prop.location.id, p->size);
     p->magic = 0;
     free(p);
@@ -340,4 +343,58 @@ CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop, CUmem
         *prop = p->prop;
     pthread_mutex_unlock(&g_mem);
     return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Shareable handles: the memfd itself travels (a dup), so two processes that map it share bytes,
+ * as two processes sharing an exported allocation do on the device. As in the driver, only an
+ * allocation created with CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR in requestedHandleTypes exports. */
+CUresult cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle,
+                                      CUmemAllocationHandleType handleType, unsigned long long flags)
+{
+    FAKE_ENTER(cuMemExportToShareableHandle);
+    FAKE_REQUIRE_INIT();
+    if (!shareableHandle || flags != 0 || handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_mem);
+    fake_phys_t *p = phys_lookup(handle);
+    CUresult r = CUDA_SUCCESS;
+    if (!p || !(p->prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        r = CUDA_ERROR_INVALID_VALUE;
+    else if ((*(int *)shareableHandle = fcntl(p->fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_unlock(&g_mem);
+    return r;
+}
+
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+                                        CUmemAllocationHandleType shHandleType)
+{
+    FAKE_ENTER(cuMemImportFromShareableHandle);
+    FAKE_REQUIRE_INIT();
+    if (!handle || shHandleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    int fd = (int)(intptr_t)osHandle;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size <= 0 || st.st_size % (off_t)FAKE_VMM_GRANULARITY)
+        return CUDA_ERROR_INVALID_VALUE;
+    fake_phys_t *p = calloc(1, sizeof *p);
+    int own = p ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1; /* the caller keeps (and closes) its fd */
+    if (own < 0) {
+        free(p);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    p->magic = PHYS_MAGIC;
+    p->fd = own;
+    p->size = (size_t)st.st_size;
+    p->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE; /* the fake shares device 0's memory only */
+    p->prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    p->refs = 1;
+    p->imported = 1;
+    pthread_mutex_lock(&g_mem);
+    p->next = g_phys;
+    g_phys = p;
+    pthread_mutex_unlock(&g_mem);
+    *handle = (CUmemGenericAllocationHandle)(uintptr_t)p;
+    return CUDA_SUCCESS;
 }

@@ -138,6 +138,7 @@ static void set_field(struct gvm_control_block *cb, const char *key, const char 
   else if (strcmp(key, "gpu_count") == 0) cb->gpu_count = (uint32_t)num(key, val);
   else if (strcmp(key, "driver") == 0) cb->driver_version = (uint32_t)num(key, val);
   else if (strcmp(key, "flags") == 0) cb->flags = (uint32_t)num(key, val);
+  else if (strcmp(key, "backend") == 0) cb->backend = (uint32_t)num(key, val);
   else if (strcmp(key, "agent_version") == 0) copy_str(cb->agent_version, sizeof cb->agent_version, val);
   else if (strcmp(key, "cmdline") == 0) copy_str(cb->cmdline, sizeof cb->cmdline, val);
   else if (strcmp(key, "magic") == 0) cb->magic = (uint32_t)num(key, val);

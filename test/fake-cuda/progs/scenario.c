@@ -5,6 +5,7 @@
  * `READY {json}` on stdout; then stdin commands free | sync | release | exit
  * (EOF = exit). See README.md for the JSON fields. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include "scenario.h"
 
 #include <pthread.h>
@@ -443,6 +444,34 @@ static void command_loop(void)
             if (g_bound && api.holdGpu)
                 api.holdGpu(0);
             printf("RELEASED\n");
+        } else if (strncmp(line, "launch ", 7) == 0) {
+            /* a burst on the default stream (each kernel runs FAKE_CUDA_KERNEL_US) */
+            static CUfunction f;
+            if (g_bound && !f)
+                f = load_kernel();
+            int n = atoi(line + 7);
+            if (g_bound)
+                launch(api.launchKernelDefault, "launchKernelDefault", f, NULL, n);
+            printf("LAUNCHED %d\n", n);
+        } else if (strncmp(line, "alloc ", 6) == 0) {
+            /* one device allocation of N MiB that may fail: prints the driver's (or gvm's) result */
+            CUdeviceptr p = 0;
+            size_t bytes = (size_t)atoi(line + 6) * MiB;
+            CUresult r = g_bound ? api.memAlloc(&p, bytes) : CUDA_ERROR_NOT_INITIALIZED;
+            if (r == CUDA_SUCCESS) {
+                alloc_t a = {.kind = A_DEVICE, .gpu = 0, .bytes = bytes, .ptr = p};
+                record(&a);
+            }
+            printf("ALLOC %d\n", (int)r);
+        } else if (strcmp(line, "hold") == 0) {
+            if (g_bound && api.holdGpu)
+                api.holdGpu(1);
+            printf("HELD\n");
+        } else if (strncmp(line, "rmcount ", 8) == 0) {
+            /* RM controls this process issued (fake RM), e.g. rmcount 0x20801114 */
+            unsigned long (*count)(unsigned) = (unsigned long (*)(unsigned))dlsym(RTLD_DEFAULT, "fakeRmControlCount");
+            unsigned cmd = (unsigned)strtoul(line + 8, NULL, 16);
+            printf("RMCOUNT %lu\n", count ? count(cmd) : 0ul);
         } else if (strcmp(line, "exit") == 0) {
             break;
         } else if (line[0]) {

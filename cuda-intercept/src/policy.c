@@ -1,0 +1,500 @@
+/*
+ * The automatic policy, inside each process (GVM_CLASS=latency|best-effort, or gvm set ... policy.class).
+ *
+ * A latency process marks itself busy on its policy board at the first launch of a burst (a launch
+ * otherwise pays one load) and idle when the event thread sees all its work ended. Each best-effort
+ * process runs one thread per GPU that sleeps on the board's futex and holds its own work (channels
+ * disabled + preempted, or the shortest timeslice) while any latency process is busy, and releases it
+ * once they have all been idle for GVM_POLICY_IDLE_MS. Only a process's own RM client may steer its
+ * channels, hence a thread in each best-effort process rather than one controller.
+ *
+ * Memory: a latency allocation that the GPU cannot satisfy posts its need on the board and waits;
+ * best-effort processes in swap mode lend memory by lowering their own limit (the mover moves their
+ * oldest ranges to the host) and take it back once it fits beside everyone again.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "policy_rules.h"
+
+#define MS 1000000ull
+#define REAP_INTERVAL_NS (100 * MS)   /* how often a held process checks that the busy peer is alive */
+#define RETURN_QUIET_NS (1000 * MS)   /* no need posted for this long before lent memory comes back */
+#define RETURN_HEADROOM (1ull << 30)  /* kept free on the GPU when taking lent memory back */
+
+_Atomic uint32_t gvm_policy_latency_mask;
+static struct gvm_board *boards[GVM_MAX_GPUS];
+static int slots[GVM_MAX_GPUS] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+static _Atomic uint64_t lent[GVM_MAX_GPUS];
+static _Atomic uint64_t cap[GVM_MAX_GPUS] = {UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+                                             UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+                                             UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
+static pthread_t threads[GVM_MAX_GPUS];
+static bool thread_running[GVM_MAX_GPUS];
+static _Atomic int stopping;
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
+  return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
+
+static struct gvm_board_slot *my_slot(int gpu) {
+  if (gpu < 0 || gpu >= GVM_MAX_GPUS || !boards[gpu] || slots[gpu] < 0 || slots[gpu] >= GVM_BOARD_SLOTS) return NULL;
+  return &boards[gpu]->slot[slots[gpu]];
+}
+
+/* Every change other agents act on bumps seq; the wake is skipped when nobody sleeps on it. */
+static void board_changed(struct gvm_board *b) {
+  __atomic_add_fetch(&b->seq, 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&b->waiters, __ATOMIC_SEQ_CST)) futex(&b->seq, FUTEX_WAKE, INT32_MAX, NULL);
+}
+
+static void note_event(int gpu, uint32_t kind, int32_t pid, uint64_t value) {
+  struct gvm_policy_info *p = &gvm_block->gpu[gpu].policy;
+  uint32_t at = __atomic_fetch_add(&p->event_head, 1, __ATOMIC_ACQ_REL) % GVM_POLICY_EVENTS;
+  struct gvm_policy_event *e = &p->events[at];
+  GVM_STORE(&e->kind, kind);
+  GVM_STORE(&e->pid, pid);
+  GVM_STORE(&e->value, value);
+  GVM_STORE(&e->ns, gvm_now_ns());
+}
+
+/* ---- boards ---- */
+static struct gvm_board *board_open(int gpu) {
+  const uint8_t *u = gvm_block->gpu[gpu].uuid;
+  char path[400];
+  /* boards outlive their processes (a new one joins the same file), so they live apart from blocks */
+  int n = snprintf(path, sizeof path, "%s/boards", gvm_config.shm_dir);
+  if (n <= 0 || (size_t)n >= sizeof path) return NULL;
+  if (mkdir(path, 01777) == 0 && chmod(path, 01777) != 0)
+    GVM_LOG_ONCE(GVM_LOG_WARN, "chmod %s: %s", path, strerror(errno));
+  n += snprintf(path + n, sizeof path - (size_t)n, "/gpu-");
+  for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < sizeof path; i++) n += snprintf(path + n, sizeof path - (size_t)n, "%02x", u[i]);
+  if (n <= 0 || (size_t)n + 8 >= sizeof path) return NULL;
+  snprintf(path + n, sizeof path - (size_t)n, ".board");
+  int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0660);
+  if (fd < 0) {
+    GVM_LOG_ONCE(GVM_LOG_WARN, "cannot open the policy board %s: %s; no automatic policy", path, strerror(errno));
+    return NULL;
+  }
+  struct stat st;
+  size_t size = sizeof(struct gvm_board);
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    return NULL;
+  }
+  if ((size_t)st.st_size < size) {
+    if (st.st_uid == geteuid()) fchmod(fd, 0660); /* the umask may have trimmed the group's access */
+    int err = posix_fallocate(fd, 0, (off_t)size);
+    if (err != 0 && ftruncate(fd, (off_t)size) != 0) err = errno;
+    else err = 0;
+    if (err) {
+      GVM_LOG_ONCE(GVM_LOG_WARN, "cannot size the policy board %s: %s", path, strerror(err));
+      close(fd);
+      return NULL;
+    }
+  }
+  struct gvm_board *b = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (b == MAP_FAILED) return NULL;
+  uint32_t magic = 0;
+  /* the first opener stamps the header; racing openers write the same values */
+  if (GVM_LOAD(&b->magic) == 0) {
+    b->version_major = GVM_BOARD_VERSION_MAJOR;
+    b->version_minor = GVM_BOARD_VERSION_MINOR;
+    b->size = (uint32_t)size;
+    b->slots = GVM_BOARD_SLOTS;
+    memcpy(b->uuid, u, 16);
+    GVM_STORE(&b->total_bytes, gvm_block->gpu[gpu].total_bytes);
+    __atomic_compare_exchange_n(&b->magic, &magic, GVM_BOARD_MAGIC, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+  }
+  if (GVM_LOAD(&b->magic) != GVM_BOARD_MAGIC || b->version_major != GVM_BOARD_VERSION_MAJOR) {
+    GVM_LOG_ONCE(GVM_LOG_WARN, "policy board %s has another layout; no automatic policy on GPU %d", path, gpu);
+    munmap(b, size);
+    return NULL;
+  }
+  return b;
+}
+
+static bool pid_alive(int32_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
+/* A slot of a dead process: clear it so nobody waits on its busy flag or counts its memory. */
+static bool reap_slot(struct gvm_board *b, int i) {
+  struct gvm_board_slot *s = &b->slot[i];
+  int32_t pid = GVM_LOAD(&s->pid);
+  if (pid == 0 || pid_alive(pid)) return false;
+  GVM_STORE(&s->busy, 0u);
+  GVM_STORE(&s->memory_need, 0ull);
+  GVM_STORE(&s->memory_current, 0ull);
+  return __atomic_compare_exchange_n(&s->pid, &pid, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+static int claim_slot(struct gvm_board *b, int gpu) {
+  int32_t me = getpid();
+  for (int i = 0; i < GVM_BOARD_SLOTS; i++) reap_slot(b, i);
+  for (int i = 0; i < GVM_BOARD_SLOTS; i++) {
+    struct gvm_board_slot *s = &b->slot[i];
+    int32_t expected = 0;
+    if (!__atomic_compare_exchange_n(&s->pid, &expected, me, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+    struct gvm_gpu_block *g = &gvm_block->gpu[gpu];
+    GVM_STORE(&s->busy, 0u);
+    GVM_STORE(&s->frozen, GVM_LOAD(&g->frozen));
+    GVM_STORE(&s->priority, GVM_LOAD(&g->priority));
+    GVM_STORE(&s->start_time, gvm_block->start_time);
+    GVM_STORE(&s->busy_since_ns, 0ull);
+    GVM_STORE(&s->idle_since_ns, gvm_now_ns());
+    GVM_STORE(&s->bursts, 0ull);
+    GVM_STORE(&s->memory_current, GVM_LOAD(&g->memory_current));
+    GVM_STORE(&s->memory_need, 0ull);
+    GVM_STORE(&s->memory_lent, 0ull);
+    GVM_STORE(&s->klass, GVM_LOAD(&g->policy.klass));
+    return i;
+  }
+  GVM_LOG_ONCE(GVM_LOG_WARN, "policy board full (%d processes); no automatic policy for this one", GVM_BOARD_SLOTS);
+  return -1;
+}
+
+/* ---- latency side ---- */
+void gvm_policy_on_launch(int gpu) {
+  if (gpu < 0 || gpu >= GVM_MAX_GPUS || !(atomic_load_explicit(&gvm_policy_latency_mask, memory_order_relaxed) & (1u << gpu)))
+    return;
+  struct gvm_board_slot *s = my_slot(gpu);
+  if (!s) return;
+  /* pairs with the event thread's fence between "busy = 0" and re-reading submitted: one of the two
+   * sees the other, so a launch racing an idle mark is never lost */
+  atomic_thread_fence(memory_order_seq_cst);
+  if (__atomic_load_n(&s->busy, __ATOMIC_RELAXED)) return;
+  gvm_policy_busy_slow(gpu);
+}
+
+void gvm_policy_busy_slow(int gpu) {
+  struct gvm_board_slot *s = my_slot(gpu);
+  if (!s) return;
+  uint64_t now = gvm_now_ns();
+  GVM_STORE(&s->busy_since_ns, now); /* before busy, so whoever sees busy sees when it began */
+  uint32_t expected = 0;
+  if (!__atomic_compare_exchange_n(&s->busy, &expected, 1u, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return;
+  uint64_t burst = __atomic_add_fetch(&s->bursts, 1, __ATOMIC_RELAXED);
+  board_changed(boards[gpu]);
+  GVM_STORE(&gvm_block->gpu[gpu].policy.bursts, burst);
+  note_event(gpu, GVM_EVENT_BUSY, 0, burst);
+  gvm_monitor_kick(); /* the event thread naps long while idle; it must notice the end of this burst */
+}
+
+/* Event thread: refresh what others read from our slots, and mark latency GPUs idle once drained. */
+void gvm_policy_tick(const uint64_t *submitted, const uint64_t *ended) {
+  if (!gvm_block) return;
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    struct gvm_board_slot *s = my_slot(g);
+    if (!s) continue;
+    struct gvm_gpu_block *gb = &gvm_block->gpu[g];
+    uint64_t cur = GVM_LOAD(&gb->memory_current);
+    if (GVM_LOAD(&s->memory_current) != cur) GVM_STORE(&s->memory_current, cur);
+    GVM_STORE(&s->priority, GVM_LOAD(&gb->priority));
+    uint32_t frozen = GVM_LOAD(&gb->frozen);
+    if (GVM_LOAD(&s->frozen) != frozen) {
+      GVM_STORE(&s->frozen, frozen);
+      board_changed(boards[g]);
+    }
+    if (!(atomic_load(&gvm_policy_latency_mask) & (1u << g)) || !GVM_LOAD(&s->busy) || ended[g] < submitted[g]) continue;
+    uint64_t now = gvm_now_ns();
+    GVM_STORE(&s->idle_since_ns, now); /* before busy = 0: a reader that sees idle sees a fresh time */
+    __atomic_store_n(&s->busy, 0u, __ATOMIC_SEQ_CST);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (gvm_streams_submitted(g) > submitted[g]) { /* a launch slipped in: the burst goes on */
+      __atomic_store_n(&s->busy, 1u, __ATOMIC_SEQ_CST);
+      continue;
+    }
+    board_changed(boards[g]);
+    uint64_t since = GVM_LOAD(&s->busy_since_ns);
+    note_event(g, GVM_EVENT_IDLE, 0, since && now > since ? (now - since) / 1000 : 0);
+  }
+}
+
+bool gvm_policy_need_memory(int gpu, uint64_t bytes) {
+  struct gvm_board_slot *s = my_slot(gpu);
+  if (!s || !(atomic_load(&gvm_policy_latency_mask) & (1u << gpu)) || gvm_capture_active() ||
+      gvm_config.policy_mem_wait_ms <= 0)
+    return false;
+  struct gvm_board *b = boards[gpu];
+  bool lender = false; /* anyone who could lend? */
+  for (int i = 0; i < GVM_BOARD_SLOTS && !lender; i++)
+    lender = i != slots[gpu] && GVM_LOAD(&b->slot[i].pid) && GVM_LOAD(&b->slot[i].klass) == GVM_CLASS_BEST_EFFORT;
+  if (!lender) return false;
+  __atomic_add_fetch(&s->memory_need, bytes, __ATOMIC_ACQ_REL);
+  GVM_ADD(&gvm_block->gpu[gpu].policy.memory_waits, 1);
+  note_event(gpu, GVM_EVENT_MEM_NEED, 0, bytes);
+  board_changed(b);
+  bool ok = false;
+  uint64_t deadline = gvm_now_ns() + (uint64_t)gvm_config.policy_mem_wait_ms * MS;
+  while (gvm_now_ns() < deadline) {
+    struct timespec ts = {0, 2 * 1000000L};
+    nanosleep(&ts, NULL);
+    size_t free_bytes = 0, total = 0;
+    /* the driver's own numbers: our hook would clip them to our limit */
+    if (GVM_REAL(cuMemGetInfo_v2, &free_bytes, &total) == CUDA_SUCCESS && free_bytes >= bytes + (64ull << 20)) {
+      ok = true;
+      break;
+    }
+  }
+  GVM_STORE(&s->memory_need, 0ull); /* met or given up: lenders stop lending for this request */
+  board_changed(b);
+  return ok;
+}
+
+/* ---- best-effort side ---- */
+uint64_t gvm_policy_cap(int gpu) {
+  return gpu >= 0 && gpu < GVM_MAX_GPUS ? atomic_load_explicit(&cap[gpu], memory_order_relaxed) : UINT64_MAX;
+}
+
+/* Lending lowers what we may hold below what we hold now; giving back raises it again. */
+static void set_lent(int gpu, uint64_t bytes) {
+  if (gpu < 0 || gpu >= GVM_MAX_GPUS) return;
+  uint64_t before = atomic_load(&lent[gpu]);
+  if (bytes == 0) {
+    atomic_store(&cap[gpu], UINT64_MAX);
+  } else if (bytes > before) {
+    uint64_t cur = GVM_LOAD(&gvm_block->gpu[gpu].memory_current), c = atomic_load(&cap[gpu]);
+    uint64_t base = c < cur ? c : cur, give = bytes - before;
+    atomic_store(&cap[gpu], base > give ? base - give : 0);
+  } else {
+    uint64_t c = atomic_load(&cap[gpu]);
+    atomic_store(&cap[gpu], c == UINT64_MAX ? c : c + (before - bytes));
+  }
+  atomic_store(&lent[gpu], bytes);
+  GVM_STORE(&gvm_block->gpu[gpu].policy.memory_lent, bytes);
+  struct gvm_board_slot *s = my_slot(gpu);
+  if (s) GVM_STORE(&s->memory_lent, bytes);
+  gvm_swap_kick();
+}
+
+/* Lend what a more important process waits for (swap mode only), or take lent memory back. */
+static void balance_memory(int gpu, const struct gvm_policy_view *v, uint64_t now, uint64_t *last_need_ns) {
+  struct gvm_gpu_block *gb = &gvm_block->gpu[gpu];
+  uint64_t have = atomic_load(&lent[gpu]);
+  if (v->memory_need) {
+    *last_need_ns = now;
+    if (GVM_LOAD(&gb->memory_mode) != GVM_MEMORY_MODE_SWAP) return;
+    struct gvm_board_slot *needy = NULL;
+    for (int i = 0; i < GVM_BOARD_SLOTS && !needy; i++)
+      if (GVM_LOAD(&boards[gpu]->slot[i].pid) == v->need_pid) needy = &boards[gpu]->slot[i];
+    uint64_t cur = GVM_LOAD(&gb->memory_current);
+    uint64_t need = needy ? GVM_LOAD(&needy->memory_need) : 0;
+    uint64_t give = need < cur ? need : cur;
+    if (!give || !needy) return;
+    /* claim the part of the need we cover, so two lenders do not both move the same bytes */
+    if (!__atomic_compare_exchange_n(&needy->memory_need, &need, need - give, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return;
+    set_lent(gpu, have + give);
+    note_event(gpu, GVM_EVENT_MEM_LEND, v->need_pid, give);
+    return;
+  }
+  if (!have || now - *last_need_ns < RETURN_QUIET_NS) return;
+  uint64_t back = gvm_policy_returnable(have, GVM_LOAD(&gb->total_bytes), GVM_LOAD(&gb->memory_current),
+                                        v->memory_others, RETURN_HEADROOM);
+  if (!back) return;
+  set_lent(gpu, have - back);
+  note_event(gpu, GVM_EVENT_MEM_RETURN, 0, back);
+}
+
+static void record_hold(int gpu, int32_t pid, uint64_t chain_ns) {
+  struct gvm_policy_info *p = &gvm_block->gpu[gpu].policy;
+  GVM_STORE(&p->held, 1u);
+  GVM_ADD(&p->holds, 1);
+  GVM_STORE(&p->chain_last_ns, chain_ns);
+  if (chain_ns > GVM_LOAD(&p->chain_max_ns)) GVM_STORE(&p->chain_max_ns, chain_ns);
+  uint64_t bucket = chain_ns / (100 * 1000);
+  if (bucket >= GVM_CHAIN_BUCKETS) bucket = GVM_CHAIN_BUCKETS - 1;
+  GVM_ADD(&p->chain_hist[bucket], 1);
+  note_event(gpu, GVM_EVENT_HOLD, pid, chain_ns / 1000);
+}
+
+static void reap_busy(int gpu) {
+  struct gvm_board *b = boards[gpu];
+  for (int i = 0; i < GVM_BOARD_SLOTS; i++) {
+    int32_t pid = GVM_LOAD(&b->slot[i].pid);
+    if (!pid || !GVM_LOAD(&b->slot[i].busy)) continue;
+    if (reap_slot(b, i)) {
+      note_event(gpu, GVM_EVENT_PEER_GONE, pid, 0);
+      board_changed(b);
+    }
+  }
+}
+
+static void *policy_main(void *arg) {
+  int gpu = (int)(intptr_t)arg;
+  struct gvm_board *b = boards[gpu];
+  struct gvm_gpu_block *gb = &gvm_block->gpu[gpu];
+  bool held = false;
+  uint64_t held_since = 0, last_reap = 0, last_need = 0;
+  __atomic_add_fetch(&b->waiters, 1, __ATOMIC_SEQ_CST);
+  while (!atomic_load(&stopping)) {
+    uint32_t seq = __atomic_load_n(&b->seq, __ATOMIC_SEQ_CST);
+    uint32_t klass = GVM_LOAD(&gb->policy.klass);
+    struct gvm_policy_view v;
+    gvm_policy_scan(b, slots[gpu], klass, &v);
+    uint64_t now = gvm_now_ns(), wait = UINT64_MAX;
+    int step = GVM_STEP_STAY;
+    if (klass == GVM_CLASS_BEST_EFFORT)
+      step = gvm_policy_decide(held, &v, now, (uint64_t)gvm_config.policy_idle_ms * MS, &wait);
+    else if (held)
+      step = GVM_STEP_RELEASE;
+    if (step == GVM_STEP_HOLD) {
+      uint32_t st = gvm_compute_policy_hold(gpu, true, gvm_config.policy_throttle);
+      uint64_t done = gvm_now_ns();
+      if (st == 0) {
+        held = true;
+        held_since = done;
+        record_hold(gpu, v.hot_pid, v.hot_since_ns && done > v.hot_since_ns ? done - v.hot_since_ns : 0);
+      } else {
+        GVM_LOG_ONCE(GVM_LOG_WARN, "policy could not hold GPU %d (RM status %#x); retrying", gpu, st);
+        wait = 100 * MS;
+      }
+    } else if (step == GVM_STEP_RELEASE) {
+      gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle);
+      held = false;
+      uint64_t t = gvm_now_ns() - held_since;
+      GVM_ADD(&gb->policy.held_ns, t);
+      GVM_STORE(&gb->policy.held, 0u);
+      note_event(gpu, GVM_EVENT_RELEASE, 0, t / 1000);
+    }
+    if (klass == GVM_CLASS_BEST_EFFORT) balance_memory(gpu, &v, now, &last_need);
+    if (v.hot && now - last_reap >= REAP_INTERVAL_NS) {
+      reap_busy(gpu); /* a latency process killed mid-burst never marks itself idle */
+      last_reap = now;
+    }
+    if (v.hot && wait > REAP_INTERVAL_NS) wait = REAP_INTERVAL_NS;
+    if (atomic_load(&lent[gpu]) && wait > 250 * MS) wait = 250 * MS; /* to notice when lent memory fits again */
+    if (wait > 1000 * MS) wait = 1000 * MS;
+    struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull), .tv_nsec = (long)(wait % 1000000000ull)};
+    futex(&b->seq, FUTEX_WAIT, seq, &ts);
+  }
+  if (held) gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle);
+  GVM_STORE(&gb->policy.held, 0u);
+  __atomic_sub_fetch(&b->waiters, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+static void start_thread(int gpu) {
+  if (thread_running[gpu] || !boards[gpu]) return;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int r = pthread_create(&threads[gpu], NULL, policy_main, (void *)(intptr_t)gpu);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r != 0) {
+    gvm_log(GVM_LOG_ERROR, "cannot start the policy thread for GPU %d: %s", gpu, strerror(r));
+    return;
+  }
+  char name[16];
+  snprintf(name, sizeof name, "gvm-policy%d", gpu);
+  pthread_setname_np(threads[gpu], name);
+  thread_running[gpu] = true;
+}
+
+static void apply_class(int gpu, int klass) {
+  if (gpu < 0 || gpu >= GVM_MAX_GPUS) return;
+  struct gvm_gpu_block *gb = &gvm_block->gpu[gpu];
+  GVM_STORE(&gb->policy.klass, (uint32_t)klass);
+  GVM_STORE(&gb->policy.idle_ms, (uint32_t)gvm_config.policy_idle_ms);
+  GVM_STORE(&gb->policy.action, gvm_config.policy_throttle ? 1u : 0u);
+  struct gvm_board_slot *s = my_slot(gpu);
+  if (klass == GVM_CLASS_LATENCY) atomic_fetch_or(&gvm_policy_latency_mask, 1u << gpu);
+  else atomic_fetch_and(&gvm_policy_latency_mask, ~(1u << gpu));
+  if (s) {
+    GVM_STORE(&s->klass, (uint32_t)klass);
+    if (klass != GVM_CLASS_LATENCY && GVM_LOAD(&s->busy)) {
+      GVM_STORE(&s->idle_since_ns, gvm_now_ns());
+      GVM_STORE(&s->busy, 0u);
+    }
+    board_changed(boards[gpu]);
+  }
+  if (klass == GVM_CLASS_BEST_EFFORT) start_thread(gpu);
+  else if (klass != GVM_CLASS_BEST_EFFORT && atomic_load(&lent[gpu])) set_lent(gpu, 0);
+}
+
+void gvm_policy_start(void) {
+  pthread_mutex_lock(&start_lock);
+  atomic_store(&stopping, 0);
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    if (!GVM_LOAD(&gvm_block->gpu[g].present)) continue;
+    GVM_STORE(&gvm_block->gpu[g].policy.klass, (uint32_t)gvm_config.policy_class);
+    boards[g] = board_open(g);
+    if (boards[g]) slots[g] = claim_slot(boards[g], g);
+    apply_class(g, gvm_config.policy_class);
+  }
+  pthread_mutex_unlock(&start_lock);
+}
+
+int gvm_policy_set_class(int gpu, int klass, char *msg, size_t room) {
+  static const char *const names[] = {"none", "latency", "best-effort"};
+  if (klass < 0 || klass > GVM_CLASS_BEST_EFFORT) {
+    snprintf(msg, room, "policy.class must be none, latency or best-effort");
+    return GVM_STATUS_INVALID;
+  }
+  pthread_mutex_lock(&start_lock);
+  bool on_board = my_slot(gpu) != NULL;
+  apply_class(gpu, klass);
+  pthread_mutex_unlock(&start_lock);
+  if (!on_board) {
+    snprintf(msg, room, "class %s recorded, but no policy board for GPU %d (see the log)", names[klass], gpu);
+    return GVM_STATUS_OK;
+  }
+  snprintf(msg, room, "class %s", names[klass]);
+  return GVM_STATUS_OK;
+}
+
+/* At exit: stop our threads (they release their holds), then leave the boards idle and free. */
+void gvm_policy_stop(void) {
+  atomic_store(&stopping, 1);
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    if (!boards[g]) continue;
+    __atomic_add_fetch(&boards[g]->seq, 1, __ATOMIC_SEQ_CST);
+    futex(&boards[g]->seq, FUTEX_WAKE, INT32_MAX, NULL);
+  }
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_nsec += 200000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  for (int g = 0; g < GVM_MAX_GPUS; g++)
+    if (thread_running[g] && pthread_timedjoin_np(threads[g], NULL, &deadline) == 0) thread_running[g] = false;
+  atomic_store(&gvm_policy_latency_mask, 0);
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    struct gvm_board_slot *s = my_slot(g);
+    if (!s) continue;
+    GVM_STORE(&s->busy, 0u);
+    GVM_STORE(&s->memory_need, 0ull);
+    GVM_STORE(&s->memory_current, 0ull);
+    GVM_STORE(&s->pid, 0);
+    board_changed(boards[g]);
+  }
+}
+
+/* Fork child: the parent's slots and threads are not ours; the child joins on its own cuInit. */
+void gvm_policy_reset(void) {
+  atomic_store(&gvm_policy_latency_mask, 0);
+  pthread_mutex_init(&start_lock, NULL);
+  for (int g = 0; g < GVM_MAX_GPUS; g++) {
+    if (boards[g]) munmap(boards[g], sizeof(struct gvm_board));
+    boards[g] = NULL;
+    slots[g] = -1;
+    thread_running[g] = false;
+    atomic_store(&lent[g], 0);
+    atomic_store(&cap[g], UINT64_MAX);
+  }
+  atomic_store(&stopping, 0);
+}

@@ -1,0 +1,236 @@
+// Memory under the real agent on the fake driver: accounting exact to the byte over random (seeded)
+// sequences of every allocation path, from one thread and from eight, the oom limit exact at the
+// boundary, cuMemGetInfo under a limit, swap-mode moves that keep every byte over random limit
+// changes, and CUDA IPC of swap-mode ranges between two processes. The scenarios live in
+// test/fake-cuda/progs/memory_prog.c (gvm-memory-prog), which compares gvm's control block with
+// its own bookkeeping and with the driver after every step and prints BAD on any difference.
+import { ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import t from 'tap';
+
+import { Gvm } from '../lib/index';
+import { RELEASE, ROOT, tmpShm } from './helpers';
+
+const FAKE = path.join(ROOT, 'build', 'fake');
+const PROG = path.join(FAKE, 'bin', 'gvm-memory-prog');
+const AGENT = path.join(RELEASE, 'libgvm.so');
+const FAKE_RM = path.join(FAKE, 'libgvmfakerm.so');
+const MiB = 1 << 20;
+
+function env(shm: string, extra: NodeJS.ProcessEnv = {}, agent = true): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    LD_PRELOAD: agent ? `${AGENT}:${FAKE_RM}` : FAKE_RM,
+    LD_LIBRARY_PATH: FAKE,
+    GVM_SHM_DIR: shm,
+    GVM_EVENT_INTERVAL_MS: '1',
+    GVM_LOG: 'warn',
+    ...extra,
+  };
+}
+
+/** Runs a scenario to its end; returns stdout lines and the exit status. */
+function runProg(shm: string, args: string[], extra: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(PROG, args, { encoding: 'utf8', env: env(shm, extra), timeout: 60000 });
+  return { status: r.status, lines: r.stdout.split('\n').filter(Boolean), stderr: r.stderr };
+}
+
+class Prog {
+  readonly lines: string[] = [];
+  stderr = '';
+  readonly exited: Promise<number | null>;
+  #waiters: Array<() => void> = [];
+  readonly child: ChildProcessWithoutNullStreams;
+  constructor(t: Tap.Test, shm: string, args: string[], extra: NodeJS.ProcessEnv = {}, agent = true) {
+    this.child = spawn(PROG, args, { env: env(shm, extra, agent), stdio: ['pipe', 'pipe', 'pipe'] });
+    readline.createInterface({ input: this.child.stdout }).on('line', (l) => {
+      this.lines.push(l);
+      this.#waiters.splice(0).forEach((w) => w());
+    });
+    this.child.stderr.on('data', (d: Buffer) => (this.stderr += d.toString()));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+    this.child.on('exit', () => this.#waiters.splice(0).forEach((w) => w()));
+    t.teardown(async () => {
+      if (this.child.exitCode === null) this.child.kill('SIGKILL');
+      await this.exited;
+    });
+  }
+  async line(prefix: string, from = 0): Promise<string> {
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const found = this.lines.slice(from).find((l) => l.startsWith(prefix));
+      if (found !== undefined) return found;
+      if (this.child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`no '${prefix}' line; got: ${this.lines.join(' | ')} ${this.stderr}`);
+      }
+      await new Promise<void>((r) => {
+        this.#waiters.push(r);
+        setTimeout(r, 200);
+      });
+    }
+  }
+  async ask(cmd: string, prefix: string): Promise<string> {
+    const mark = this.lines.length;
+    this.child.stdin.write(`${cmd}\n`);
+    return this.line(prefix, mark);
+  }
+}
+
+/** A small seeded generator (mulberry32), so a failing sequence can be replayed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = Math.imul(a ^ (a >>> 15), 1 | a);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+t.before(() => {
+  for (const f of [AGENT, FAKE_RM, PROG]) {
+    if (!fs.existsSync(f)) throw new Error(`${f} is missing: run npm install (cmake-js builds it)`);
+  }
+});
+
+for (const seed of [1, 2, 3]) {
+  t.test(`accounting exact to the byte over a random sequence of every allocation path (seed ${seed})`, async (t) => {
+    const r = runProg(tmpShm(t), ['random', `seed=${seed}`, 'steps=250']);
+    t.equal(r.status, 0, r.stderr);
+    t.same(r.lines.filter((l) => l.startsWith('BAD')), [], 'memory.current = the driver = the program after each step');
+    for (const kind of ['cuMemAlloc', 'cuMemAllocPitch', 'cuMemAllocAsync', 'cuMemAllocFromPoolAsync', 'VMM device', 'VMM host']) {
+      const n = Number(/^ok (\d+) x /.exec(r.lines.find((l) => l.endsWith(` x ${kind}`)) ?? '')?.[1] ?? 0);
+      t.ok(n > 0, `${kind} was exercised (${n} times)`);
+    }
+    t.ok(r.lines.includes('DONE 250 0'), 'every step checked, back to zero after the frees');
+  });
+}
+
+t.test('8 threads allocating and freeing every kind at once: exact totals', async (t) => {
+  for (const seed of [1, 2]) {
+    const r = runProg(tmpShm(t), ['threads', `seed=${seed}`, 'steps=150']);
+    t.equal(r.status, 0, r.stderr);
+    t.same(r.lines.filter((l) => l.startsWith('BAD')), [], `seed ${seed}: totals, host bytes and live count exact`);
+    t.ok(r.lines.includes('DONE 1200 0'));
+  }
+});
+
+t.test('oom limit: refusal exact at the boundary for every kind, and under 8 racing threads', async (t) => {
+  const limit = 100 * MiB + 12345;
+  const r = runProg(tmpShm(t), ['limit'], { GVM_MEMORY_LIMIT: String(limit) });
+  t.equal(r.status, 0, r.stderr);
+  t.same(r.lines.filter((l) => l.startsWith('BAD')), []);
+  for (const what of [
+    'cuMemAlloc(room + 1): 2',
+    'cuMemAlloc(room): 0',
+    'cuMemAlloc(1) at the limit: 2',
+    'cuMemAllocPitch whose padding passes the limit: 2',
+    'cuMemAllocPitch that fits with its padding: 0',
+    'cuMemCreate(room rounded up): 2',
+    'cuMemCreate(room rounded down): 0',
+    'cuMemAllocAsync(room + 1): 2',
+    'cuMemAllocAsync(room): 0',
+    'cuMemAlloc(1) with the pool at the limit: 2',
+  ]) {
+    t.ok(r.lines.includes(`ok ${what}`), what);
+  }
+  t.ok(r.lines.includes('ok 8 threads were granted exactly 100 x 1 MiB'), 'no thread refused while room was left');
+});
+
+t.test('cuMemGetInfo under a limit: total = limit, free = min(limit - current, what the GPU has free)', async (t) => {
+  // the GPU: 200 MiB; other processes hold `others`; the limit is 100 MiB; 24 MiB more each line
+  for (const others of [40 * MiB, 130 * MiB]) {
+    const gpu = 200 * MiB;
+    const limit = 100 * MiB;
+    const r = runProg(tmpShm(t), ['meminfo'], {
+      GVM_MEMORY_LIMIT: String(limit),
+      FAKE_CUDA_MEM_BYTES: String(gpu),
+      FAKE_CUDA_USED_BYTES: String(others),
+    });
+    t.equal(r.status, 0, r.stderr);
+    const rows = r.lines.filter((l) => l.startsWith('MEMINFO')).map((l) => l.split(' ').slice(1).map(Number));
+    t.ok(rows.length >= 3, `${rows.length} readings`);
+    for (const [free, total, current] of rows) {
+      const want = Math.min(limit - current!, gpu - others - current!);
+      t.same([free, total], [want, limit], `others ${others / MiB} MiB, current ${current! / MiB} MiB: free ${want / MiB} MiB`);
+    }
+    const binding = others === 40 * MiB ? 'the limit' : 'the GPU';
+    t.ok(r.lines.some((l) => l.startsWith('REFUSED 2')), `allocation refused once ${binding} is full`);
+  }
+});
+
+for (const [what, tuning, steps] of [
+  ['default mover', {}, 20],
+  ['3 streams, 2 MiB chunks, an 8 MiB pool', { GVM_SWAP_STREAMS: '3', GVM_SWAP_CHUNK_MIB: '2', GVM_SWAP_POOL_MIB: '8' }, 8],
+] as const) {
+  t.test(`swap mode (${what}): every byte survives a random sequence of limit changes and writes`, async (t) => {
+    const shm = tmpShm(t);
+    const prog = new Prog(t, shm, ['swap', 'seed=5', 'count=8'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', ...tuning });
+    const [, , totalStr] = (await prog.line('READY')).split(' ');
+    const total = Number(totalStr);
+    using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
+    const g = p.gpu(0);
+    t.equal(g.memory.current + g.memory.swapCurrent, total, 'every buffer counted once, in 2 MiB granules');
+    const next = rng(42);
+    let moves = 0;
+    for (let step = 0; step < steps; step++) {
+      const limit = Math.max(2 * MiB, Math.floor(next() * (total + 8 * MiB)));
+      const before = g.memory.current;
+      await g.setMemoryLimit(limit);
+      if (g.memory.current !== before) moves++;
+      t.ok(g.memory.current <= limit || g.memory.swapCurrent === 0, `step ${step}: under the limit ${limit}`);
+      t.equal(g.memory.current + g.memory.swapCurrent, total, `step ${step}: nothing lost or counted twice`);
+      if (next() < 0.5) await prog.ask(`write ${Math.floor(next() * 8)}`, 'WRITTEN');
+      t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 8', `step ${step}: every byte of every buffer`);
+    }
+    t.ok(moves >= steps / 2, `${moves} of ${steps} limit changes moved data`);
+    t.equal(g.compute.frozen, false, 'never left frozen');
+    await prog.ask('free', 'FREED');
+    t.same([g.memory.current, g.memory.swapCurrent], [0, 0], 'all freed, wherever it lived');
+  });
+}
+
+t.test('CUDA IPC of a swap-mode range: pinned on the GPU, shared bytes both ways, other handles untouched', async (t) => {
+  const shm = tmpShm(t);
+  const swapEnv = { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_MEMORY_LIMIT: String(16 * MiB) };
+  const exporter = new Prog(t, shm, ['ipc-export', 'mib=64'], swapEnv);
+  const handleLine = await exporter.line('HANDLE');
+  const handle = handleLine.split(' ')[1]!;
+  t.match(handle, /^67766d2d69706301/, "gvm's marker leads the handle");
+  t.equal(await exporter.line('PLAIN'), 'PLAIN 0 FAKEIPC', "a 1 MiB allocation (not converted) gets the driver's own handle");
+  using p = await Gvm.process(exporter.child.pid!, { shmDir: shm });
+  const g = p.gpu(0);
+  t.equal(g.memory.swapCurrent, 0, 'the range was over the limit, on the host; exporting brought it back');
+  t.equal(g.memory.current, 65 * MiB, 'on the GPU now, past the limit');
+  await g.setMemoryLimit(2 * MiB);
+  t.same([g.memory.current, g.memory.swapCurrent], [65 * MiB, 0], 'a lowered limit does not move a pinned range');
+  t.ok(fs.existsSync(path.join(shm, `.${exporter.child.pid}.ipc`)), "the exporter's agent serves descriptors");
+  t.equal((fs.statSync(path.join(shm, `.${exporter.child.pid}.ipc`)).mode & 0o777).toString(8), '600', 'to its user only');
+
+  const importer = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`], { GVM_MEMORY_MODE: 'swap' });
+  t.equal(await importer.line('OPENED'), 'OPENED 0', 'another process under the agent opens it');
+  t.equal(await importer.line('VERIFIED'), 'VERIFIED ok', "and reads the exporter's bytes");
+  t.equal(await importer.line('WRITTEN'), 'WRITTEN ok');
+  t.equal(await importer.line('CLOSED'), 'CLOSED 0', 'cuIpcCloseMemHandle unmaps and releases');
+  t.equal(await importer.exited, 0);
+  t.equal(await exporter.ask('verify 2', 'VERIFIED'), 'VERIFIED ok', "the exporter sees the importer's bytes");
+
+  const again = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`]);
+  t.equal(await again.line('OPENED'), 'OPENED 0', 'a handle opens again (and in an oom-mode process)');
+  t.equal(await again.line('VERIFIED'), 'VERIFIED bad', 'seeing the current bytes (generation 2), not generation 1');
+  await again.exited;
+
+  const bare = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`], {}, false);
+  t.equal(await bare.line('OPENED'), 'OPENED 1', "without the agent: the driver's error for a handle it does not know");
+  await bare.exited;
+
+  t.equal(await exporter.ask('free', 'FREED'), 'FREED 0');
+  const stale = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`]);
+  t.equal(await stale.line('OPENED'), 'OPENED 1', 'once freed, its handle opens nothing');
+  await stale.exited;
+  exporter.child.stdin.write('exit\n');
+  t.equal(await exporter.exited, 0);
+  t.notOk(fs.existsSync(path.join(shm, `.${exporter.child.pid}.ipc`)), 'the socket is removed at exit');
+});

@@ -1,0 +1,237 @@
+// The automatic policy: the state machine alone (a C harness), then real agents in fake-driver
+// programs sharing one policy board: a latency process's bursts hold a best-effort one and its end
+// releases it; death mid-burst, exit, a user's freeze, throttle, class changes and memory lending.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import t from 'tap';
+
+import { Gvm, GvmGpu } from '../lib/index';
+import { Prog, start, until } from './fake-prog';
+import { gvm, RELEASE, tmpShm } from './helpers';
+
+const RM_DISABLE_CHANNELS = '2080110b';
+const RM_SET_TIMESLICE = 'a06c0103';
+
+t.test('the state machine: bursts, hysteresis, several processes, frozen and vanished peers', async (t) => {
+  const r = spawnSync(path.join(RELEASE, 'gvm-test-policy-rules'), { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stdout.split('\n').filter((l) => l.startsWith('not ok')).join('\n') || 'all checks pass');
+  const plan = /^1\.\.(\d+)$/m.exec(r.stdout);
+  t.ok(plan && Number(plan[1]) >= 25, `the harness ran its checks (${plan?.[1]})`);
+});
+
+interface Pair {
+  shm: string;
+  latency: Prog;
+  best: Prog;
+  lpid: number;
+  bpid: number;
+  bgpu: GvmGpu;
+  lgpu: GvmGpu;
+}
+
+async function pid(p: Prog): Promise<number> {
+  const l = await p.line('READY');
+  return (JSON.parse(l.slice(6)) as { pid: number }).pid;
+}
+
+/** A best-effort and a latency program on one (fake) GPU, both ready. */
+async function pair(t: Tap.Test, bestEnv: NodeJS.ProcessEnv = {}, latencyEnv: NodeJS.ProcessEnv = {}, bestScenario = 'basic'): Promise<Pair> {
+  const shm = tmpShm(t);
+  const common = { GVM_RM_ANY_DRIVER: '1', GVM_POLICY_IDLE_MS: '5', FAKE_CUDA_DEVICES: '1' };
+  const best = start(t, shm, 'direct', bestScenario, { ...common, GVM_CLASS: 'best-effort', ...bestEnv });
+  const bpid = await pid(best);
+  const latency = start(t, shm, 'direct', 'basic', { ...common, GVM_CLASS: 'latency', ...latencyEnv });
+  const lpid = await pid(latency);
+  const bproc = await Gvm.process(bpid, { shmDir: shm });
+  const lproc = await Gvm.process(lpid, { shmDir: shm });
+  t.teardown(() => {
+    bproc.close();
+    lproc.close();
+  });
+  return { shm, latency, best, lpid, bpid, bgpu: bproc.gpu(0), lgpu: lproc.gpu(0) };
+}
+
+async function rmCount(p: Prog, cmd: string): Promise<number> {
+  const mark = p.send(`rmcount ${cmd}`);
+  return Number((await p.line('RMCOUNT', mark)).split(' ')[1]);
+}
+
+t.test('a burst holds the best-effort process; the end of it releases the process', async (t) => {
+  const { shm, latency, best, lpid, bgpu, lgpu } = await pair(t);
+  t.equal(bgpu.policy.class, 'best-effort', 'best-effort class in the block');
+  t.equal(lgpu.policy.class, 'latency', 'latency class in the block');
+  const boards = fs.readdirSync(path.join(shm, 'boards'));
+  t.same(boards, [`gpu-${bgpu.uuid.replace(/^GPU-/, '').replace(/-/g, '')}.board`], 'one board, named by the GPU UUID');
+  t.equal(fs.statSync(path.join(shm, 'boards', boards[0]!)).mode & 0o777, 0o660, 'the board is shared with the group only');
+  t.equal(fs.statSync(path.join(shm, 'boards')).mode & 0o7777, 0o1777, 'any user may add a board, none remove another\'s');
+
+  // the scenario's own start-up kernels were bursts too: count from here
+  await until(() => !bgpu.policy.held, 3000);
+  const holds0 = bgpu.policy.holds;
+  const bursts0 = lgpu.policy.bursts;
+  const disabledBefore = await rmCount(best, RM_DISABLE_CHANNELS);
+  latency.send('hold'); // kernels stay pending: the burst lasts until "release"
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.held, 3000), 'best-effort held while the latency burst is pending');
+  t.ok((await rmCount(best, RM_DISABLE_CHANNELS)) > disabledBefore, 'its own channels were disabled through RM');
+  const p = bgpu.policy;
+  t.equal(p.holds, holds0 + 1, 'one hold');
+  const hold = p.events.find((e) => e.kind === 'hold');
+  t.equal(hold?.pid, lpid, 'the hold names the latency process');
+  t.ok(p.chain.lastUs > 0 && p.chain.lastUs < 2_000_000, `chain measured (${p.chain.lastUs} us on a loaded CI machine)`);
+  t.equal(lgpu.policy.bursts, bursts0 + 1, 'the latency process published one burst');
+
+  const launched = await rmCount(best, RM_DISABLE_CHANNELS);
+  latency.send('launch 5'); // more work in the same burst: no second hold
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(bgpu.policy.holds, holds0 + 1, 'more launches in the same burst do not hold again');
+  t.equal(await rmCount(best, RM_DISABLE_CHANNELS), launched, 'and issue no RM control');
+
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'released once the burst ended and stayed idle');
+  t.ok(bgpu.policy.events.some((e) => e.kind === 'release'), 'a release event');
+  t.ok(lgpu.policy.events.some((e) => e.kind === 'idle'), 'the latency process logged idle');
+  t.ok((await rmCount(best, RM_DISABLE_CHANNELS)) > launched, 'channels enabled again (a second disable-channels control)');
+
+  // a second burst: held again, counted
+  latency.send('launch 2');
+  await until(() => lgpu.policy.bursts === bursts0 + 2, 2000);
+  await until(() => !bgpu.policy.held, 3000);
+  t.equal(lgpu.policy.bursts, bursts0 + 2, 'second burst published');
+
+  const stat = gvm(['get', `${bgpu.process.pid}`, 'policy.stat'], { GVM_SHM_DIR: shm });
+  t.equal(stat.status, 0, stat.stderr);
+  t.match(stat.stdout, new RegExp(`^holds ${bgpu.policy.holds}$`, 'm'), 'gvm get policy.stat shows the holds');
+  t.match(stat.stdout, /^chain_p99_us \d+$/m, 'and the chain percentiles');
+  const events = gvm(['get', `${lpid}`, 'policy.events'], { GVM_SHM_DIR: shm });
+  t.match(events.stdout, /busy 0 \d+\n.*idle 0 \d+/s, 'gvm get policy.events lists busy then idle');
+});
+
+t.test('a latency process killed mid-burst leaves no hold behind', async (t) => {
+  const { latency, bgpu, lpid } = await pair(t);
+  latency.send('hold');
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.held, 3000), 'held');
+  latency.child.kill('SIGKILL');
+  await latency.exited;
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'released after the busy process died');
+  const gone = bgpu.policy.events.find((e) => e.kind === 'peer-gone');
+  t.equal(gone?.pid, lpid, 'the dead peer was reaped and named');
+});
+
+t.test('a latency process exiting while busy releases the best-effort one at once', async (t) => {
+  const { latency, bgpu } = await pair(t);
+  latency.send('hold');
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.held, 3000), 'held');
+  latency.send('release');
+  latency.send('launch 1000'); // still busy when it exits
+  latency.send('exit');
+  await latency.exited;
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'released when the latency process left the board');
+  t.notOk(bgpu.policy.events.some((e) => e.kind === 'peer-gone'), 'it left by itself (no reaping needed)');
+});
+
+t.test("a user's freeze of the latency process does not hold the best-effort one", async (t) => {
+  const { latency, bgpu, lgpu, shm } = await pair(t);
+  const f = gvm(['freeze', `${lgpu.process.pid}`], { GVM_SHM_DIR: shm });
+  t.equal(f.status, 0, f.stderr);
+  latency.send('hold');
+  latency.send('launch 3');
+  await new Promise((r) => setTimeout(r, 300));
+  t.notOk(bgpu.policy.held, 'not held: the busy process is frozen');
+  const th = gvm(['thaw', `${lgpu.process.pid}`], { GVM_SHM_DIR: shm });
+  t.equal(th.status, 0, th.stderr);
+  t.ok(await until(() => bgpu.policy.held, 3000), 'held once it is thawed with work pending');
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'released after');
+});
+
+t.test('user freeze and policy hold compose: neither undoes the other', async (t) => {
+  const { latency, bgpu, shm } = await pair(t);
+  const bpid = `${bgpu.process.pid}`;
+  t.equal(gvm(['freeze', bpid], { GVM_SHM_DIR: shm }).status, 0, 'user freezes the best-effort process');
+  latency.send('hold');
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.held, 3000), 'the policy holds it too');
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'the policy releases it');
+  t.ok(bgpu.compute.frozen, 'still frozen by the user');
+  t.equal(gvm(['thaw', bpid], { GVM_SHM_DIR: shm }).status, 0, 'user thaws');
+  t.notOk(bgpu.compute.frozen, 'runs again');
+});
+
+t.test('throttle: the shortest timeslice while held, the priority\'s own after', async (t) => {
+  const { latency, best, bgpu } = await pair(t, { GVM_POLICY_ACTION: 'throttle', GVM_PRIORITY: '10' });
+  const tsgs = () => bgpu.process._handle().rm(0).tsgs.map((x) => x.timesliceUs);
+  t.ok(await until(() => tsgs().length > 0 && tsgs().every((us) => us === 512), 2000), 'priority 10: 512 us');
+  const before = await rmCount(best, RM_SET_TIMESLICE);
+  latency.send('hold');
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.held, 3000), 'held');
+  t.equal(bgpu.policy.action, 'throttle', 'action throttle');
+  t.ok(tsgs().every((us) => us === 16), `every TSG at 16 us while held (${tsgs().join(',')})`);
+  t.ok((await rmCount(best, RM_DISABLE_CHANNELS)) === 0, 'no channel was disabled');
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'released');
+  t.ok(tsgs().every((us) => us === 512), 'back to 512 us');
+  t.ok((await rmCount(best, RM_SET_TIMESLICE)) >= before + 2, 'set through RM both ways');
+});
+
+t.test('policy.class changes at run time through gvm set', async (t) => {
+  const shm = tmpShm(t);
+  const env = { GVM_RM_ANY_DRIVER: '1', GVM_POLICY_IDLE_MS: '5' };
+  const a = start(t, shm, 'direct', 'basic', env);
+  const b = start(t, shm, 'direct', 'basic', env);
+  const apid = await pid(a);
+  const bpid = await pid(b);
+  using bp = await Gvm.process(bpid, { shmDir: shm });
+  const bgpu = bp.gpu(0);
+  t.equal(bgpu.policy.class, 'none', 'class none by default');
+  a.send('hold');
+  a.send('launch 2');
+  await new Promise((r) => setTimeout(r, 200));
+  t.notOk(bgpu.policy.held, 'nobody holds anybody without classes');
+  let r = gvm(['set', `${bpid}`, 'policy.class', 'best-effort'], { GVM_SHM_DIR: shm });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /class best-effort/);
+  r = gvm(['set', `${apid}`, 'policy.class', 'latency'], { GVM_SHM_DIR: shm });
+  t.equal(r.status, 0, r.stderr);
+  a.send('launch 2'); // the next launch publishes the burst
+  t.ok(await until(() => bgpu.policy.held, 3000), 'held after both classes were set');
+  r = gvm(['set', `${bpid}`, 'policy.class', 'none'], { GVM_SHM_DIR: shm });
+  t.equal(r.status, 0, r.stderr);
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'back to class none: released although the burst goes on');
+  r = gvm(['set', `${bpid}`, 'policy.class', 'urgent'], { GVM_SHM_DIR: shm });
+  t.equal(r.status, 2, 'a bad class is a usage error');
+  t.match(r.stderr, /policy\.class must be/);
+  t.equal(gvm(['get', `${bpid}`, 'policy.class'], { GVM_SHM_DIR: shm }).stdout.trim(), 'none', 'nothing changed');
+});
+
+t.test('memory: a latency allocation the GPU cannot satisfy makes a best-effort process in swap mode lend', async (t) => {
+  const { latency, best, bgpu, lgpu } = await pair(
+    t,
+    { GVM_MEMORY_MODE: 'swap' },
+    { FAKE_CUDA_MEM_BYTES: String(64 << 20), FAKE_CUDA_USED_BYTES: String(40 << 20), GVM_POLICY_MEM_WAIT_MS: '400' },
+    'buffers count=4 mib=8',
+  );
+  t.equal(bgpu.memory.swapCurrent, 0, 'best-effort starts with everything on the GPU');
+  const mark = latency.send('alloc 30');
+  // the fake GPU of the latency process never gains memory (each fake process has its own), so the
+  // allocation still fails after the wait; what matters here is the chain up to the lender
+  const line = await latency.line('ALLOC', mark);
+  t.equal(line, 'ALLOC 2', 'the allocation failed cleanly (out of memory) after the wait');
+  t.equal(lgpu.policy.memoryWaits, 1, 'one allocation waited');
+  t.ok(lgpu.policy.events.some((e) => e.kind === 'mem-need' && e.value === 30 << 20), 'need of 30 MiB posted');
+  const lend = bgpu.policy.events.find((e) => e.kind === 'mem-lend');
+  t.equal(lend?.pid, lgpu.process.pid, 'best-effort lent to the latency process');
+  t.equal(lend?.value, 30 << 20, 'what was needed: 30 MiB');
+  t.ok(await until(() => bgpu.memory.swapCurrent === 32 << 20, 3000), 'four 8 MiB buffers cover it: all moved to the host');
+  let m = best.send('verify');
+  t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact on the host');
+  t.ok(await until(() => bgpu.policy.memoryLent === 0, 5000), 'taken back once nobody needed it for a second');
+  t.ok(await until(() => bgpu.memory.swapCurrent === 0, 3000), 'back on the GPU');
+  m = best.send('verify');
+  t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact after the round trip');
+});
