@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Swap-move bandwidth: gvm's moves (device -> host and back, cold and with a warm pinned pool) against
+# the driver's managed-memory prefetch, for 1, 4 and 16 GiB in one run, every byte checked after each
+# round trip. Builds the agent (when missing) and swap_bench.cu, runs it under the agent in swap mode,
+# prints a table; JSON goes to bench/results/swap.json (and $OUT/swap.json when $OUT is set).
+#
+# Usage: bash bench/swap/run.sh [--sizes 1,4,16] [--buf-mib 1024] [--rounds 3] [--no-managed] [--target 40]
+# Environment: GVM_AGENT (default build/Release/libgvm.so), NVCC, NVCC_ARCH (default sm_90), OUT,
+#   GVM_SWAP_POOL_MIB (default 17408: the 16 GiB case fits the warm pool), and the mover's tunables
+#   (GVM_SWAP_STREAMS, GVM_SWAP_CHUNK_MIB: see cuda-intercept/src/swap.c) passed through as set.
+set -euo pipefail
+
+say() { printf '[swap] %s\n' "$*"; }
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  echo "SKIP: no NVIDIA GPU (nvidia-smi not found)"; exit 0
+fi
+if ! gpus=$(timeout 60 nvidia-smi -L 2>&1) || ! printf '%s\n' "$gpus" | grep -q '^GPU [0-9]'; then
+  echo "SKIP: no NVIDIA GPU (nvidia-smi lists none: $(printf '%s' "$gpus" | head -n1))"; exit 0
+fi
+say "GPUs: $(printf '%s' "$gpus" | tr '\n' ';')"
+
+# shellcheck source=bench/lib/build-agent.sh
+source "$root/bench/lib/build-agent.sh"
+gvm_ensure_agent || exit 1
+
+nvcc=${NVCC:-$(command -v nvcc || true)}
+[ -n "$nvcc" ] || nvcc=/usr/local/cuda/bin/nvcc
+[ -x "$nvcc" ] || { say "ERROR: nvcc not found (set NVCC)"; exit 1; }
+cuda_home=$(cd "$(dirname "$nvcc")/.." && pwd)
+arch=${NVCC_ARCH:-sm_90}
+bin=$root/build/bench/swap_bench
+src=$root/bench/swap/swap_bench.cu
+mkdir -p "$(dirname "$bin")" bench/results
+if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ] || [ include/gvm/control_block.h -nt "$bin" ] || [ ! -f "$bin.arch" ] ||
+   [ "$(cat "$bin.arch")" != "$arch" ]; then
+  say "building $bin with $nvcc (-arch=$arch)"
+  timeout 300 "$nvcc" -O2 -std=c++17 -arch="$arch" -I include -o "$bin" "$src" \
+    -L"$cuda_home/lib64/stubs" -L"$cuda_home/targets/x86_64-linux/lib/stubs" -lcuda \
+    || { say "ERROR: nvcc failed"; exit 1; }
+  echo "$arch" > "$bin.arch"
+fi
+
+export GVM_SWAP_POOL_MIB=${GVM_SWAP_POOL_MIB:-17408}
+shm=$(mktemp -d /dev/shm/gvm-swap-bench.XXXXXX)
+trap 'rm -rf "$shm"' EXIT
+say "pool ${GVM_SWAP_POOL_MIB} MiB, streams ${GVM_SWAP_STREAMS:-default}, chunk ${GVM_SWAP_CHUNK_MIB:-default} MiB"
+json=bench/results/swap.json
+set +e
+LD_PRELOAD="$agent" GVM_MEMORY_MODE=swap GVM_SHM_DIR="$shm" "$bin" --json "$json" "$@"
+rc=$?
+set -e
+if [ -n "${OUT:-}" ] && [ -f "$json" ]; then cp "$json" "$OUT/swap.json"; fi
+say "exit $rc"
+exit $rc
