@@ -235,3 +235,19 @@ t.test('memory: a latency allocation the GPU cannot satisfy makes a best-effort 
   m = best.send('verify');
   t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact after the round trip');
 });
+
+t.test('gvm top shows who is held and what the policy did', async (t) => {
+  const { latency, bpid, lpid, shm } = await pair(t);
+  latency.send('hold');
+  latency.send('launch 3');
+  const top = async () => gvm(['top', '--once'], { GVM_SHM_DIR: shm, COLUMNS: '200' }).stdout;
+  let screen = '';
+  for (let i = 0; i < 100 && !/held/.test(screen); i++) {
+    screen = await top();
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  t.match(screen, new RegExp(`^ +${bpid} .* held +\\[`, 'm'), 'the best-effort row is in state held');
+  t.match(screen, new RegExp(`policy: .*${lpid} latency, \\d+ bursts`), 'the policy line names the latency process and its bursts');
+  t.match(screen, new RegExp(`${bpid} best-effort, \\d+ holds \\(held now\\), chain p99 \\d+ us, last: hold`), 'and the best-effort one, held now');
+  latency.send('release');
+});

@@ -112,6 +112,9 @@ Keys:
 
 A live view, refreshed every second, of every GPU and every process under gvm: memory (current
 against the limit, swap beside), priority, frozen, kernels per second and pending.
+A GPU with processes under the automatic policy gets a line naming each one's class, what the
+policy did (bursts, holds, the hold chain's p99, memory lent) and its last decision; a best-effort
+process the policy holds shows the state "held".
 Keys: s cycles the sort, j/k or the arrows select a row, f freezes and t thaws the selected
 process on that GPU, q quits. --once prints one frame and exits (for scripts).
 `,

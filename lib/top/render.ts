@@ -40,11 +40,28 @@ export function renderFrame(rows: readonly Row[], sort: SortKey, selected: numbe
       const mem = `${bar(r.current, r.swap, r.limit, 16)} ${formatBytes(r.current)} / ${formatBytes(r.limit)}`;
       const fixed =
         `${mark}${String(r.pid).padStart(6)}  ${r.user.slice(0, 8).padEnd(8)}  ${String(r.priority).padStart(4)}  ` +
-        `${(r.frozen ? 'frozen' : 'running').padEnd(7)}  ${mem.padEnd(40)} ${formatBytes(r.swap).padEnd(10)}  ` +
+        `${(r.frozen ? 'frozen' : r.policy.held ? 'held' : 'running').padEnd(7)}  ${mem.padEnd(40)} ${formatBytes(r.swap).padEnd(10)}  ` +
         `${r.rate.toFixed(0).padStart(9)}  ${String(r.pending).padStart(8)}  `;
       lines.push(fixed + r.command.slice(0, Math.max(10, width - fixed.length)));
       index++;
     }
+    const classed = mine.filter((r) => r.policy.class !== 'none');
+    if (classed.length > 0) lines.push(`    policy: ${classed.map(policySummary).join('  |  ')}`);
   }
   return lines.map((l) => l.slice(0, Math.max(width, 40))).join('\n') + '\n';
+}
+
+/** One process's part of a GPU's policy line: its class, what the policy did, and its last decision. */
+export function policySummary(r: Row): string {
+  const p = r.policy;
+  const parts = [`${r.pid} ${p.class}`];
+  if (p.class === 'latency') parts.push(`${p.bursts} bursts`);
+  if (p.class === 'best-effort') {
+    parts.push(`${p.holds} holds${p.held ? ' (held now)' : ''}`);
+    if (p.chain.p99Us !== null) parts.push(`chain p99 ${p.chain.p99Us} us`);
+    if (p.memoryLent > 0) parts.push(`lent ${formatBytes(p.memoryLent)}`);
+  }
+  const last = p.events[p.events.length - 1];
+  if (last) parts.push(`last: ${last.kind}`);
+  return parts.join(', ');
 }

@@ -1,5 +1,5 @@
 /** gvm top's data: one row per process and GPU, read from the control blocks, and their orders. */
-import { Gvm, GvmProcess } from '../index';
+import { Gvm, GvmPolicy, GvmProcess } from '../index';
 
 export type SortKey = 'memory' | 'rate' | 'pid' | 'priority';
 export const SORT_KEYS: readonly SortKey[] = ['memory', 'rate', 'pid', 'priority'];
@@ -24,6 +24,7 @@ export interface Row {
   /** kernels per second since the previous reading (0 on the first) */
   rate: number;
   command: string;
+  policy: GvmPolicy;
 }
 
 /** The previous reading of each process and GPU, for kernel rates. */
@@ -59,6 +60,7 @@ export async function readRows(previous: RateMemory, shmDir?: string): Promise<R
           pending: s.kernels.pending,
           rate,
           command: p.command,
+          policy: g.policy,
         });
       }
     } finally {
