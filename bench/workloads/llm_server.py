@@ -15,7 +15,6 @@ allocation took.
 """
 import argparse
 import json
-import math
 import os
 import random
 import sys

@@ -11,10 +11,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "gvm/control_block.h"
 
 #define GVM_HIDDEN __attribute__((visibility("hidden")))
+
+/* The futex syscall (glibc has no wrapper); shared words use the plain ops, in-process ones _PRIVATE. */
+static inline long gvm_futex(void *addr, int op, uint32_t val, const struct timespec *ts) {
+  return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
 #define GVM_LIKELY(x) __builtin_expect(!!(x), 1)
 #define GVM_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
@@ -221,7 +229,6 @@ GVM_HIDDEN extern _Atomic uint32_t gvm_policy_latency_mask; /* GPUs where this p
 GVM_HIDDEN void gvm_policy_start(void);                     /* after the GPUs are described */
 GVM_HIDDEN void gvm_policy_stop(void);                      /* exit: leave the boards, release holds */
 GVM_HIDDEN void gvm_policy_reset(void);                     /* fork child */
-GVM_HIDDEN void gvm_policy_busy_slow(int gpu);              /* first launch of a burst */
 GVM_HIDDEN void gvm_policy_tick(const uint64_t *submitted, const uint64_t *ended); /* event thread */
 GVM_HIDDEN int gvm_policy_set_class(int gpu, int klass, char *msg, size_t room);   /* control thread */
 GVM_HIDDEN uint64_t gvm_policy_cap(int gpu); /* device bytes allowed while memory is lent; UINT64_MAX: none */

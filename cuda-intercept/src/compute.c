@@ -157,8 +157,35 @@ int gvm_compute_set_priority(int gpu, int priority, char *msg, size_t room) {
 }
 
 /* ---- freeze ---- */
-static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
-  return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+/*
+ * Stopping a process's work on a GPU: disable every channel's scheduling, then preempt its TSGs.
+ * Which TSGs are preempted, and whether we wait, depends on who stops them:
+ *  - FREEZE: compute with bWait (the command completes once the SMs are free), copies kicked off
+ *    without waiting (a failure there only leaves them disabled);
+ *  - QUIESCE: every TSG with bWait (the mover needs copies stopped too);
+ *  - HOLD: compute only (a copy already running finishes on its own engine; each skipped control
+ *    saves an RM round trip on the critical path of another process's burst).
+ * On failure the channels are enabled again; returns the RM status and *failed names the step.
+ */
+enum stop_style { STOP_FREEZE, STOP_QUIESCE, STOP_HOLD };
+
+static uint32_t stop_channels(const struct gvm_rm_target *t, enum stop_style style, const char **failed) {
+  *failed = "disable channels";
+  uint32_t st = disable_channels(t->fd, t->client, t->subdevice, t->chan, t->nchan, true);
+  for (uint32_t i = 0; st == 0 && i < t->ntsg; i++) {
+    bool compute = t->tsg_engine[i] == RM_ENGINE_GR;
+    if (!compute && style == STOP_HOLD) continue;
+    struct preempt_params p = {.wait = compute || style == STOP_QUIESCE};
+    uint32_t pst = rm_control(t->fd, t->client, t->tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
+    if (pst && !compute && style == STOP_FREEZE)
+      GVM_LOG_ONCE(GVM_LOG_INFO, "preempting copy TSG %#x returned RM status %#x; its channels stay disabled", t->tsg[i], pst);
+    else if (pst) {
+      *failed = "preempt";
+      st = pst;
+    }
+  }
+  if (st) disable_channels(t->fd, t->client, t->subdevice, t->chan, t->nchan, false);
+  return st;
 }
 
 /* Software freeze: new launches wait at the hook; wait until the GPU has finished what was queued. */
@@ -181,7 +208,7 @@ static int soft_freeze(int gpu, char *msg, size_t room, const char *why) {
 
 static void soft_thaw(int gpu) {
   atomic_fetch_and(&gvm_soft_frozen_mask, ~(1u << gpu));
-  futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL);
+  gvm_futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL);
 }
 
 static int freeze_locked(int gpu, bool freeze, char *msg, size_t room);
@@ -226,25 +253,13 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
   }
   uint64_t t0 = gvm_now_ns();
   GVM_STORE(&b->frozen, 1u); /* first, so a channel created meanwhile starts disabled */
-  uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, true);
+  const char *failed;
+  uint32_t st = stop_channels(&t, STOP_FREEZE, &failed);
   if (st) {
-    disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
-    GVM_LOG_ONCE(GVM_LOG_WARN, "disable channels failed (RM status %#x); using software freeze", st);
-    return soft_freeze(gpu, msg, room, "RM refused disable channels");
-  }
-  /* the command completes once the compute TSG is off the GPU (bWait); copy TSGs are kicked off
-   * without waiting for each, which keeps the whole freeze near one RM round trip */
-  for (uint32_t i = 0; i < t.ntsg; i++) {
-    bool compute = t.tsg_engine[i] == RM_ENGINE_GR;
-    struct preempt_params p = {.wait = compute};
-    st = rm_control(t.fd, t.client, t.tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
-    if (st && !compute) {
-      GVM_LOG_ONCE(GVM_LOG_INFO, "preempting copy TSG %#x returned RM status %#x; its channels stay disabled", t.tsg[i], st);
-    } else if (st) {
-      disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
-      GVM_LOG_ONCE(GVM_LOG_WARN, "preempt failed (RM status %#x); using software freeze", st);
-      return soft_freeze(gpu, msg, room, "RM refused preempt");
-    }
+    GVM_LOG_ONCE(GVM_LOG_WARN, "%s failed (RM status %#x); using software freeze", failed, st);
+    char why[48];
+    snprintf(why, sizeof why, "RM refused %s", failed);
+    return soft_freeze(gpu, msg, room, why);
   }
   set_mode(gpu, GVM_CONTROL_RM);
   snprintf(msg, room, "frozen: %u channels disabled, %u TSGs preempted in %.2f ms", t.nchan, t.ntsg,
@@ -282,13 +297,9 @@ bool gvm_compute_quiesce(int gpu) {
   if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) return true; /* no channel: nothing can run */
   int style = quiesce_style();
   if (style == 1) gvm_rm_compute_only(&t);
-  uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, true);
-  for (uint32_t i = 0; st == 0 && i < t.ntsg; i++) {
-    struct preempt_params p = {.wait = 1};
-    st = rm_control(t.fd, t.client, t.tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
-  }
+  const char *failed;
+  uint32_t st = stop_channels(&t, STOP_QUIESCE, &failed);
   if (st) {
-    disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
     pthread_mutex_unlock(&control_lock);
     GVM_LOG_ONCE(GVM_LOG_WARN, "cannot stop the process's channels for a move (RM status %#x)", st);
     return false;
@@ -331,19 +342,6 @@ void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uin
  * path is unavailable, or shorten its timeslice with throttle) without touching the user's freeze
  * state. Release restores exactly what the hold changed. Returns 0 on success, else an RM status.
  */
-static uint32_t stop_channels(const struct gvm_rm_target *t) {
-  uint32_t st = disable_channels(t->fd, t->client, t->subdevice, t->chan, t->nchan, true);
-  /* only the compute TSGs are preempted: they hold the SMs another process's burst waits for; a
-   * copy already running finishes on its own engine, and each skipped control saves an RM round trip */
-  for (uint32_t i = 0; st == 0 && i < t->ntsg; i++) {
-    if (t->tsg_engine[i] != RM_ENGINE_GR) continue;
-    struct preempt_params p = {.wait = 1};
-    st = rm_control(t->fd, t->client, t->tsg[i], RM_CMD_TSG_PREEMPT, &p, sizeof p);
-  }
-  if (st) disable_channels(t->fd, t->client, t->subdevice, t->chan, t->nchan, false);
-  return st;
-}
-
 static uint32_t set_all_timeslices(const struct gvm_rm_target *t, int priority) {
   for (uint32_t i = 0; i < t->ntsg; i++) {
     uint64_t v = timeslice_for(priority);
@@ -367,7 +365,8 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
       st = set_all_timeslices(&t, 15);
       if (!st) policy_hold[gpu] = 3;
     } else if (have && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) {
-      st = user_frozen ? 0 : stop_channels(&t);
+      const char *failed;
+      st = user_frozen ? 0 : stop_channels(&t, STOP_HOLD, &failed);
       if (!st) policy_hold[gpu] = 1;
     }
     if (!policy_hold[gpu] && !throttle) { /* no RM path (or it refused): hold launches at the hook */
@@ -395,7 +394,7 @@ void gvm_launch_gate_wait(void) {
   for (;;) {
     uint32_t mask = atomic_load(&gvm_soft_frozen_mask);
     if (!(mask & (1u << gpu))) return;
-    futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAIT_PRIVATE, mask, NULL);
+    gvm_futex((uint32_t *)&gvm_soft_frozen_mask, FUTEX_WAIT_PRIVATE, mask, NULL);
   }
 }
 

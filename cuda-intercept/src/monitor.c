@@ -19,10 +19,6 @@ static bool control_running, event_running;
 static _Atomic int stopping;
 static _Atomic uint32_t event_wake; /* futex the event thread sleeps on between ticks */
 
-static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *timeout) {
-  return syscall(SYS_futex, addr, op, val, timeout, NULL, 0);
-}
-
 static struct timespec ms_to_ts(int ms) {
   return (struct timespec){.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
 }
@@ -38,13 +34,13 @@ static void *control_main(void *arg) {
     GVM_STORE(&cb->heartbeat_ns, gvm_now_ns());
     struct timespec ts = ms_to_ts(250);
     /* shared futex: controllers in other processes wake it */
-    futex(&cmd->seq, FUTEX_WAIT, seen, &ts);
+    gvm_futex(&cmd->seq, FUTEX_WAIT, seen, &ts);
     uint32_t seq = GVM_LOAD(&cmd->seq);
     if (seq == seen) continue;
     seen = seq;
     gvm_apply_command(cmd);
     GVM_STORE(&cmd->applied_seq, seq);
-    futex(&cmd->applied_seq, FUTEX_WAKE, INT32_MAX, NULL);
+    gvm_futex(&cmd->applied_seq, FUTEX_WAKE, INT32_MAX, NULL);
   }
   return NULL;
 }
@@ -83,7 +79,7 @@ static void *event_main(void *arg) {
     }
     uint32_t w = atomic_load(&event_wake);
     struct timespec ts = ms_to_ts(outstanding ? gvm_config.event_interval_ms : idle_ms);
-    futex((uint32_t *)&event_wake, FUTEX_WAIT_PRIVATE, w, &ts);
+    gvm_futex((uint32_t *)&event_wake, FUTEX_WAIT_PRIVATE, w, &ts);
   }
   return NULL;
 }
@@ -111,7 +107,7 @@ int gvm_monitor_start(void) {
 
 void gvm_monitor_kick(void) {
   atomic_fetch_add(&event_wake, 1);
-  futex((uint32_t *)&event_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
+  gvm_futex((uint32_t *)&event_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
 
 /* At exit: stop both threads, but never wait long for one stuck inside the driver. */
@@ -120,7 +116,7 @@ void gvm_monitor_stop(void) {
   gvm_monitor_kick();
   if (gvm_block) {
     GVM_ADD(&gvm_block->command.seq, 0);
-    futex(&gvm_block->command.seq, FUTEX_WAKE, INT32_MAX, NULL);
+    gvm_futex(&gvm_block->command.seq, FUTEX_WAKE, INT32_MAX, NULL);
   }
   struct timespec deadline;
   clock_gettime(CLOCK_REALTIME, &deadline);

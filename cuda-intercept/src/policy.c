@@ -45,10 +45,6 @@ static bool thread_running[GVM_MAX_GPUS];
 static _Atomic int stopping;
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static long futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
-  return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
-}
-
 static struct gvm_board_slot *my_slot(int gpu) {
   if (gpu < 0 || gpu >= GVM_MAX_GPUS || !boards[gpu] || slots[gpu] < 0 || slots[gpu] >= GVM_BOARD_SLOTS) return NULL;
   return &boards[gpu]->slot[slots[gpu]];
@@ -57,7 +53,7 @@ static struct gvm_board_slot *my_slot(int gpu) {
 /* Every change other agents act on bumps seq; the wake is skipped when nobody sleeps on it. */
 static void board_changed(struct gvm_board *b) {
   __atomic_add_fetch(&b->seq, 1, __ATOMIC_SEQ_CST);
-  if (__atomic_load_n(&b->waiters, __ATOMIC_SEQ_CST)) futex(&b->seq, FUTEX_WAKE, INT32_MAX, NULL);
+  if (__atomic_load_n(&b->waiters, __ATOMIC_SEQ_CST)) gvm_futex(&b->seq, FUTEX_WAKE, INT32_MAX, NULL);
 }
 
 static void note_event(int gpu, uint32_t kind, int32_t pid, uint64_t value) {
@@ -166,19 +162,8 @@ static int claim_slot(struct gvm_board *b, int gpu) {
 }
 
 /* ---- latency side ---- */
-void gvm_policy_on_launch(int gpu) {
-  if (gpu < 0 || gpu >= GVM_MAX_GPUS || !(atomic_load_explicit(&gvm_policy_latency_mask, memory_order_relaxed) & (1u << gpu)))
-    return;
-  struct gvm_board_slot *s = my_slot(gpu);
-  if (!s) return;
-  /* pairs with the event thread's fence between "busy = 0" and re-reading submitted: one of the two
-   * sees the other, so a launch racing an idle mark is never lost */
-  atomic_thread_fence(memory_order_seq_cst);
-  if (__atomic_load_n(&s->busy, __ATOMIC_RELAXED)) return;
-  gvm_policy_busy_slow(gpu);
-}
-
-void gvm_policy_busy_slow(int gpu) {
+/* The first launch of a burst: mark busy and wake whoever waits on the board. */
+static void busy_slow(int gpu) {
   struct gvm_board_slot *s = my_slot(gpu);
   if (!s) return;
   uint64_t now = gvm_now_ns();
@@ -190,6 +175,18 @@ void gvm_policy_busy_slow(int gpu) {
   GVM_STORE(&gvm_block->gpu[gpu].policy.bursts, burst);
   note_event(gpu, GVM_EVENT_BUSY, 0, burst);
   gvm_monitor_kick(); /* the event thread naps long while idle; it must notice the end of this burst */
+}
+
+void gvm_policy_on_launch(int gpu) {
+  if (gpu < 0 || gpu >= GVM_MAX_GPUS || !(atomic_load_explicit(&gvm_policy_latency_mask, memory_order_relaxed) & (1u << gpu)))
+    return;
+  struct gvm_board_slot *s = my_slot(gpu);
+  if (!s) return;
+  /* pairs with the event thread's fence between "busy = 0" and re-reading submitted: one of the two
+   * sees the other, so a launch racing an idle mark is never lost */
+  atomic_thread_fence(memory_order_seq_cst);
+  if (__atomic_load_n(&s->busy, __ATOMIC_RELAXED)) return;
+  busy_slow(gpu);
 }
 
 /* Event thread: refresh what others read from our slots, and mark latency GPUs idle once drained. */
@@ -378,7 +375,7 @@ static void *policy_main(void *arg) {
     if (atomic_load(&lent[gpu]) && wait > 250 * MS) wait = 250 * MS; /* to notice when lent memory fits again */
     if (wait > 1000 * MS) wait = 1000 * MS;
     struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull), .tv_nsec = (long)(wait % 1000000000ull)};
-    futex(&b->seq, FUTEX_WAIT, seq, &ts);
+    gvm_futex(&b->seq, FUTEX_WAIT, seq, &ts);
   }
   if (held) gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle);
   GVM_STORE(&gb->policy.held, 0u);
@@ -461,7 +458,7 @@ void gvm_policy_stop(void) {
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
     if (!boards[g]) continue;
     __atomic_add_fetch(&boards[g]->seq, 1, __ATOMIC_SEQ_CST);
-    futex(&boards[g]->seq, FUTEX_WAKE, INT32_MAX, NULL);
+    gvm_futex(&boards[g]->seq, FUTEX_WAKE, INT32_MAX, NULL);
   }
   struct timespec deadline;
   clock_gettime(CLOCK_REALTIME, &deadline);

@@ -52,10 +52,6 @@ static void read_tuning(void) {
   chunk_bytes = v && *v ? strtoull(v, NULL, 10) << 20 : 0;
 }
 
-static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
-  return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, 0);
-}
-
 /*
  * The driver creates a context's copy channels and loads its copy code lazily, on the first copy.
  * That must happen before any quiet window: measured on the H100, a first copy issued while the
@@ -293,7 +289,7 @@ static void *mover_main(void *arg) {
     for (int g = 0; cands && moves && g < GVM_MAX_GPUS; g++)
       if (gvm_gpus[g].present) rebalance(g, cands, moves);
     atomic_store(&mover_done, wake);
-    futex(&mover_done, FUTEX_WAKE, INT32_MAX, NULL);
+    gvm_futex(&mover_done, FUTEX_WAKE, INT32_MAX, NULL);
     /* after the answer: host memory a move gave back gets its staging range before the next move out */
     for (int g = 0; pass_moved && g < GVM_MAX_GPUS; g++)
       if (gvm_gpus[g].present && mover_stream[g][0]) {
@@ -303,7 +299,7 @@ static void *mover_main(void *arg) {
     pass_moved = false;
     /* memory freed by others or by the app lets data come back: look again now and then */
     struct timespec ts = {0, 250 * 1000000L};
-    if (atomic_load(&mover_wake) == wake) futex(&mover_wake, FUTEX_WAIT_PRIVATE, wake, &ts);
+    if (atomic_load(&mover_wake) == wake) gvm_futex(&mover_wake, FUTEX_WAIT_PRIVATE, wake, &ts);
   }
   free(cands);
   free(moves);
@@ -312,7 +308,7 @@ static void *mover_main(void *arg) {
 
 void gvm_swap_kick(void) {
   atomic_fetch_add(&mover_wake, 1);
-  futex(&mover_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
+  gvm_futex(&mover_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
 
 /* Control thread: kick the mover and wait (never calling libcuda) until a pass that began after the
@@ -320,7 +316,7 @@ void gvm_swap_kick(void) {
 uint64_t gvm_swap_wait(uint64_t timeout_ms) {
   if (!mover_running) return UINT64_MAX;
   uint32_t ticket = atomic_fetch_add(&mover_wake, 1) + 1;
-  futex(&mover_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
+  gvm_futex(&mover_wake, FUTEX_WAKE_PRIVATE, 1, NULL);
   uint64_t start = gvm_now_ns();
   for (;;) {
     uint32_t done = atomic_load(&mover_done);
@@ -328,7 +324,7 @@ uint64_t gvm_swap_wait(uint64_t timeout_ms) {
     uint64_t waited = (gvm_now_ns() - start) / 1000000u;
     if (waited >= timeout_ms) return UINT64_MAX;
     struct timespec ts = {0, 20 * 1000000L};
-    futex(&mover_done, FUTEX_WAIT, done, &ts);
+    gvm_futex(&mover_done, FUTEX_WAIT, done, &ts);
   }
 }
 
