@@ -192,6 +192,27 @@ for (const [what, tuning, steps] of [
   });
 }
 
+t.test('swap mode: stream-ordered pool memory past the limit is admitted; movable ranges make room, then come back', async (t) => {
+  const shm = tmpShm(t);
+  const prog = new Prog(t, shm, ['swap', 'seed=9', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });
+  const total = Number((await prog.line('READY')).split(' ')[2]);
+  using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
+  const g = p.gpu(0);
+  await g.setMemoryLimit(total);
+  t.same([g.memory.current, g.memory.swapCurrent], [total, 0], 'the buffers fill the limit exactly, all on the GPU');
+  t.equal(await prog.ask('async 8', 'ASYNC'), 'ASYNC 0', 'cuMemAllocAsync of 8 MiB past the limit succeeds (oom mode refuses it)');
+  const deadline = Date.now() + 10000;
+  while (g.memory.current > total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.ok(g.memory.current <= total, `the mover brought the process back under its limit (${g.memory.current} <= ${total})`);
+  t.ok(g.memory.swapCurrent >= 8 * MiB, `at least the pool's 8 MiB of buffers moved to the host (${g.memory.swapCurrent})`);
+  t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 6', 'every byte of every buffer, wherever it lives');
+  t.equal(await prog.ask('asyncfree', 'ASYNCFREED'), 'ASYNCFREED');
+  const back = Date.now() + 10000;
+  while (g.memory.swapCurrent > 0 && Date.now() < back) await new Promise((r) => setTimeout(r, 20));
+  t.same([g.memory.current, g.memory.swapCurrent], [total, 0], 'once the pool was trimmed, the buffers came back');
+  t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 6', 'and kept every byte');
+});
+
 t.test('CUDA IPC of a swap-mode range: pinned on the GPU, shared bytes both ways, other handles untouched', async (t) => {
   const shm = tmpShm(t);
   const swapEnv = { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_MEMORY_LIMIT: String(16 * MiB) };

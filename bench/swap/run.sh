@@ -5,6 +5,9 @@
 # prints a table; JSON goes to bench/results/swap.json (and $OUT/swap.json when $OUT is set).
 #
 # Usage: bash bench/swap/run.sh [--sizes 1,4,16] [--buf-mib 1024] [--rounds 3] [--no-managed] [--target 40]
+# A step of a child that takes longer than SWAP_BENCH_STEP_S (default 120) ends it, after
+# bench/lib/hang_dump.py printed where each of its threads waits; SWAP_BENCH_VERBOSE=1 shows the
+# agent's debug lines.
 # Environment: GVM_AGENT (default build/Release/libgvm.so), NVCC, NVCC_ARCH (default sm_90), OUT,
 #   GVM_SWAP_POOL_MIB (default 17408: the 16 GiB case fits the warm pool), and the mover's tunables
 #   (GVM_SWAP_STREAMS, GVM_SWAP_CHUNK_MIB: see cuda-intercept/src/swap.c) passed through as set.
@@ -49,6 +52,7 @@ trap 'rm -rf "$shm"' EXIT
 say "pool ${GVM_SWAP_POOL_MIB} MiB, streams ${GVM_SWAP_STREAMS:-default}, chunk ${GVM_SWAP_CHUNK_MIB:-default} MiB"
 json=bench/results/swap.json
 set +e
+SWAP_BENCH_DUMP=${SWAP_BENCH_DUMP:-$root/bench/lib/hang_dump.py} \
 LD_PRELOAD="$agent" GVM_MEMORY_MODE=swap GVM_SHM_DIR="$shm" "$bin" --json "$json" "$@"
 rc=$?
 set -e

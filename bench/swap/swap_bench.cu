@@ -20,6 +20,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -33,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -126,38 +128,72 @@ static unsigned long long gpu_check(CUdeviceptr p, uint64_t bytes, uint32_t seed
 
 // ---- the agent's log: stderr goes through a pipe so the mover's own timings can be picked up ----
 static int g_real_stderr = -1;
+static bool g_echo_debug; // SWAP_BENCH_VERBOSE=1: the agent's debug lines go to stderr too
 static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER;
 static std::vector<double> g_window_ms; // "mover: ... in X ms" lines, in order
 
+// Raw read(), not stdio: at exit glibc may lock every FILE, and a FILE blocked in fgets on this pipe
+// (whose write end is this process's own stderr) would then never let the process end.
+static void log_line(const char *line, size_t len) {
+  std::string l(line, len);
+  const char *m = strstr(l.c_str(), "] mover: ");
+  const char *at = m ? strstr(m, " in ") : nullptr;
+  if (at) {
+    pthread_mutex_lock(&g_log_lock);
+    g_window_ms.push_back(atof(at + 4));
+    pthread_mutex_unlock(&g_log_lock);
+    if (!g_echo_debug) return; // the bench reports it; no need to echo
+  }
+  if (!g_echo_debug && strstr(l.c_str(), " debug] ")) return;
+  l += '\n';
+  ssize_t w = write(g_real_stderr, l.data(), l.size());
+  (void)w;
+}
+
 static void *log_reader(void *arg) {
   int fd = (int)(intptr_t)arg;
-  FILE *in = fdopen(fd, "r");
-  char line[1024];
-  while (in && fgets(line, sizeof line, in)) {
-    const char *m = strstr(line, "] mover: ");
-    const char *at = m ? strstr(m, " in ") : nullptr;
-    if (at) {
-      pthread_mutex_lock(&g_log_lock);
-      g_window_ms.push_back(atof(at + 4));
-      pthread_mutex_unlock(&g_log_lock);
-      continue; // the bench reports it; no need to echo
+  char buf[8192];
+  size_t have = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + have, sizeof buf - have);
+    if (n <= 0) break;
+    have += (size_t)n;
+    size_t start = 0;
+    for (char *nl; (nl = (char *)memchr(buf + start, '\n', have - start)) != nullptr; start = nl - buf + 1)
+      log_line(buf + start, nl - (buf + start));
+    if (start == 0 && have == sizeof buf) { // a line longer than the buffer: pass it on in pieces
+      log_line(buf, have);
+      have = 0;
+      continue;
     }
-    if (strstr(line, " debug] ")) continue;
-    ssize_t w = write(g_real_stderr, line, strlen(line));
-    (void)w;
+    memmove(buf, buf + start, have - start);
+    have -= start;
   }
+  if (have) log_line(buf, have);
+  close(fd);
   return nullptr;
 }
 
+static pthread_t g_reader;
+static bool g_reading;
+
 static void capture_agent_log() {
+  const char *v = getenv("SWAP_BENCH_VERBOSE");
+  g_echo_debug = v && *v && *v != '0';
   int fds[2];
   if (pipe(fds) != 0) return;
   g_real_stderr = dup(STDERR_FILENO);
   dup2(fds[1], STDERR_FILENO);
   close(fds[1]);
-  pthread_t t;
-  pthread_create(&t, nullptr, log_reader, (void *)(intptr_t)fds[0]);
-  pthread_detach(t);
+  g_reading = pthread_create(&g_reader, nullptr, log_reader, (void *)(intptr_t)fds[0]) == 0;
+}
+
+// stderr goes back to where it was (closing the pipe's write end), and the reader drains and ends
+static void release_agent_log() {
+  if (g_real_stderr < 0) return;
+  dup2(g_real_stderr, STDERR_FILENO);
+  if (g_reading) pthread_join(g_reader, nullptr);
+  g_reading = false;
 }
 
 static double take_window_ms(double wait_until_ms) {
@@ -174,6 +210,46 @@ static double take_window_ms(double wait_until_ms) {
     if (v >= 0 || now_ms() > wait_until_ms) return v;
     usleep(1000);
   }
+}
+
+// ---- progress: every step is announced, and a step that takes too long ends the child ----
+// A move that never finishes would otherwise hang the run with no clue where (the parent prints the
+// child's output only at its end). SWAP_BENCH_STEP_S (default 120) bounds each step.
+static std::atomic<double> g_step_started;
+static char g_step[128];
+
+static void step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void step(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_step, sizeof g_step, fmt, ap);
+  va_end(ap);
+  g_step_started = now_ms();
+  dprintf(g_real_stderr >= 0 ? g_real_stderr : STDERR_FILENO, "[swap %d] %s\n", (int)getpid(), g_step);
+}
+
+static void *watchdog(void *) {
+  const char *v = getenv("SWAP_BENCH_STEP_S");
+  double limit_ms = (v && *v ? atof(v) : 120) * 1e3;
+  for (;;) {
+    sleep(1);
+    double started = g_step_started;
+    if (started > 0 && now_ms() - started > limit_ms) {
+      dprintf(g_real_stderr >= 0 ? g_real_stderr : STDERR_FILENO,
+              "[swap %d] FAIL step '%s' still running after %.0f s; giving up\n", (int)getpid(), g_step,
+              limit_ms / 1e3);
+      const char *dump = getenv("SWAP_BENCH_DUMP"); // bench/lib/hang_dump.py: where every thread waits
+      if (dump && *dump) {
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "python3 '%s' %d 1>&%d 2>&1", dump, (int)getpid(),
+                 g_real_stderr >= 0 ? g_real_stderr : STDERR_FILENO);
+        int rc = system(cmd);
+        (void)rc;
+      }
+      _exit(3);
+    }
+  }
+  return nullptr;
 }
 
 // ---- the process's own control block ----
@@ -237,6 +313,10 @@ static void json_rounds(FILE *f, const char *name, const std::vector<round_resul
 static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   capture_agent_log();
+  pthread_t dog;
+  pthread_create(&dog, nullptr, watchdog, nullptr);
+  pthread_detach(dog);
+  step("%.3g GiB: init", (double)bytes / GiB);
   CU(cuInit(0));
   CUdevice dev;
   CUcontext ctx;
@@ -267,6 +347,7 @@ static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed)
     size_t n = (size_t)((bytes + buf_bytes - 1) / buf_bytes);
     std::vector<CUdeviceptr> bufs(n);
     std::vector<uint64_t> sizes(n);
+    step("gvm: allocating and filling %zu buffer(s)", n);
     for (size_t i = 0; i < n; i++) {
       sizes[i] = i + 1 < n ? buf_bytes : bytes - buf_bytes * (n - 1);
       CU(cuMemAlloc(&bufs[i], sizes[i]));
@@ -277,17 +358,21 @@ static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed)
     for (int r = 0; r < rounds; r++) {
       round_result rr = {};
       std::string msg;
+      step("gvm round %d: limit lowered, moving out", r + 1);
       rr.out_ms = set_limit(base ? base : 1, &msg);
       rr.out_window_ms = take_window_ms(now_ms() + 200);
       rr.all_moved_out = GVM_LOAD(&g->memory_swap_current) >= bytes;
       if (!rr.all_moved_out) fprintf(stderr, "round %d: not all moved out: %s\n", r + 1, msg.c_str());
+      step("gvm round %d: out in %.1f ms; checking on the host side", r + 1, rr.out_ms);
       for (size_t i = 0; i < n; i++) rr.bad_out += gpu_check(bufs[i], sizes[i], (uint32_t)(i * 1000 + r));
       for (size_t i = 0; i < n; i++) gpu_fill(bufs[i], sizes[i], (uint32_t)(i * 1000 + r + 1)); // writes to the host
       CU(cuCtxSynchronize());
+      step("gvm round %d: limit raised, moving back", r + 1);
       rr.in_ms = set_limit(total, &msg);
       rr.in_window_ms = take_window_ms(now_ms() + 200);
       rr.all_moved_back = GVM_LOAD(&g->memory_swap_current) == 0;
       if (!rr.all_moved_back) fprintf(stderr, "round %d: not all moved back: %s\n", r + 1, msg.c_str());
+      step("gvm round %d: back in %.1f ms; checking", r + 1, rr.in_ms);
       for (size_t i = 0; i < n; i++) rr.bad_back += gpu_check(bufs[i], sizes[i], (uint32_t)(i * 1000 + r + 1));
       gvm_rounds.push_back(rr);
     }
@@ -295,6 +380,7 @@ static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed)
   }
 
   if (managed) {
+    step("managed: allocating");
     CUdeviceptr m;
     CU(cuMemAllocManaged(&m, bytes, CU_MEM_ATTACH_GLOBAL));
     // looked up at run time: the prefetch ABI changed in 12.2, and the bench links against any libcuda
@@ -344,6 +430,8 @@ static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed)
     CU(cuMemFree(m));
   }
 
+  step("done");
+  g_step_started = 0;
   printf("RESULT {\"bytes\":%llu,\"buf_bytes\":%llu,", (unsigned long long)bytes, (unsigned long long)buf_bytes);
   if (gvm_skip) printf("\"gvm_skipped\":\"%s\",", gvm_skip);
   json_rounds(stdout, "gvm", gvm_rounds, bytes);
@@ -351,6 +439,7 @@ static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed)
   json_rounds(stdout, "managed", managed_rounds, bytes);
   printf("}\n");
   fflush(stdout);
+  release_agent_log();
   return 0;
 }
 

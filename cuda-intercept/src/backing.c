@@ -171,6 +171,14 @@ CUresult gvm_backing_stage(int device, uint64_t size, CUmemGenericAllocationHand
   return r;
 }
 
+CUdeviceptr gvm_backing_staged_at(CUmemGenericAllocationHandle handle, int device) {
+  pthread_mutex_lock(&pool_lock);
+  struct stage_entry *e = stage_of(handle);
+  CUdeviceptr va = e && e->device == device ? e->va : 0;
+  pthread_mutex_unlock(&pool_lock);
+  return va;
+}
+
 void gvm_backing_prestage(int device) {
   for (int round = 0; round < POOL_SLOTS; round++) {
     CUmemGenericAllocationHandle h = 0;

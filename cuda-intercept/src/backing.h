@@ -19,6 +19,8 @@ void gvm_backing_give_back(CUmemGenericAllocationHandle handle, uint64_t size, b
 /* host memory mapped for `device` at a staging range that stays with the handle (see backing.c) */
 CUresult gvm_backing_stage(int device, uint64_t size, CUmemGenericAllocationHandle *handle, CUdeviceptr *va);
 void gvm_backing_prestage(int device); /* stages pooled host memory that has no staging range yet */
+/* where a host handle is mapped for `device` besides its range; 0 when it has no such staging range */
+CUdeviceptr gvm_backing_staged_at(CUmemGenericAllocationHandle handle, int device);
 CUresult gvm_backing_attach(CUdeviceptr va, uint64_t size, int device, CUmemGenericAllocationHandle handle);
 void gvm_backing_reset(void);
 

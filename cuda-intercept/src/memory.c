@@ -42,19 +42,38 @@ uint64_t gvm_memory_limit(int gpu) {
   return cap < limit ? cap : limit;
 }
 
+/*
+ * Several threads publish at once (allocations and frees on any thread, the mover, the event thread).
+ * A plain store of a value read earlier could land after a newer one and leave the block stale until
+ * the next change; so each publisher stores, reads its source again and stores again until they agree:
+ * whichever store lands last was checked against the source after it landed.
+ */
+#define PUBLISH(dst, expr)                    \
+  do {                                        \
+    uint64_t v_ = (expr);                     \
+    for (;;) {                                \
+      GVM_STORE((dst), v_);                   \
+      uint64_t again_ = (expr);               \
+      if (again_ == v_) break;                \
+      v_ = again_;                            \
+    }                                         \
+  } while (0)
+
 void gvm_publish_memory(int gpu) {
   if (!gvm_block || !valid_gpu(gpu)) return;
   struct gvm_gpu_state *g = &gvm_gpus[gpu];
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
-  uint64_t cur = gvm_memory_current(gpu);
-  GVM_STORE(&b->memory_current, cur);
-  GVM_STORE(&b->memory_swap_current, atomic_load(&g->swap_bytes));
-  if (cur > GVM_LOAD(&b->memory_peak)) GVM_STORE(&b->memory_peak, cur);
-  GVM_STORE(&b->managed_bytes, atomic_load(&g->managed_bytes));
-  GVM_STORE(&b->host_bytes, atomic_load(&g->host_bytes));
-  GVM_STORE(&b->alloc_count, atomic_load(&g->alloc_count));
-  GVM_STORE(&b->free_count, atomic_load(&g->free_count));
-  GVM_STORE(&b->alloc_failures, atomic_load(&g->alloc_failures));
+  PUBLISH(&b->memory_current, gvm_memory_current(gpu));
+  uint64_t cur = GVM_LOAD(&b->memory_current), peak = GVM_LOAD(&b->memory_peak);
+  while (cur > peak && !__atomic_compare_exchange_n(&b->memory_peak, &peak, cur, false, __ATOMIC_RELEASE,
+                                                     __ATOMIC_ACQUIRE)) {
+  }
+  PUBLISH(&b->memory_swap_current, atomic_load(&g->swap_bytes));
+  PUBLISH(&b->managed_bytes, atomic_load(&g->managed_bytes));
+  PUBLISH(&b->host_bytes, atomic_load(&g->host_bytes));
+  PUBLISH(&b->alloc_count, atomic_load(&g->alloc_count));
+  PUBLISH(&b->free_count, atomic_load(&g->free_count));
+  PUBLISH(&b->alloc_failures, atomic_load(&g->alloc_failures));
 }
 
 /*
@@ -421,12 +440,31 @@ static void host_allocated(CUresult r, void *p, size_t size, int kind) {
   gvm_publish_memory(gpu);
 }
 
-static void host_freed(CUresult r, void *p) {
-  struct gvm_alloc a;
-  if (r != CUDA_SUCCESS || !active() || !forget((uint64_t)(uintptr_t)p, &a)) return;
-  release_counts(&a);
-  gvm_publish_memory(a.gpu);
+/*
+ * A free forgets the allocation before the driver frees it: once freed, the driver may hand the same
+ * address to another thread at once, whose allocation must not be taken for this one. Where the free
+ * fails the allocation is remembered again, unchanged.
+ */
+static bool forget_before_free(uint64_t key, struct gvm_alloc *a) { return active() && key && forget(key, a); }
+
+static void settle_free(CUresult r, bool known, uint64_t key, const struct gvm_alloc *a) {
+  if (!known) return;
+  if (r != CUDA_SUCCESS) {
+    pthread_mutex_lock(&allocations.lock);
+    gvm_registry_put(&allocations, key, a);
+    pthread_mutex_unlock(&allocations.lock);
+    return;
+  }
+  release_counts(a);
+  gvm_publish_memory(a->gpu);
 }
+
+#define HOST_FREE(sym, p)                                              \
+  struct gvm_alloc a;                                                  \
+  bool known = forget_before_free((uint64_t)(uintptr_t)(p), &a);       \
+  CUresult r = GVM_REAL(sym, p);                                       \
+  settle_free(r, known, (uint64_t)(uintptr_t)(p), &a);                 \
+  return r
 
 CUresult gvm_hook_cuMemAllocHost_v2(void **pp, size_t bytesize) {
   CUresult r = GVM_REAL(cuMemAllocHost_v2, pp, bytesize);
@@ -438,11 +476,7 @@ CUresult gvm_hook_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int flags)
   host_allocated(r, pp ? *pp : NULL, bytesize, GVM_ALLOC_HOST);
   return r;
 }
-CUresult gvm_hook_cuMemFreeHost(void *p) {
-  CUresult r = GVM_REAL(cuMemFreeHost, p);
-  host_freed(r, p);
-  return r;
-}
+CUresult gvm_hook_cuMemFreeHost(void *p) { HOST_FREE(cuMemFreeHost, p); }
 CUresult gvm_hook_cuMemHostRegister(void *p, size_t bytesize, unsigned int flags) {
   CUresult r = GVM_REAL(cuMemHostRegister, p, bytesize, flags);
   host_allocated(r, p, bytesize, GVM_ALLOC_HOST_REG);
@@ -453,11 +487,7 @@ CUresult gvm_hook_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int fl
   host_allocated(r, p, bytesize, GVM_ALLOC_HOST_REG);
   return r;
 }
-CUresult gvm_hook_cuMemHostUnregister(void *p) {
-  CUresult r = GVM_REAL(cuMemHostUnregister, p);
-  host_freed(r, p);
-  return r;
-}
+CUresult gvm_hook_cuMemHostUnregister(void *p) { HOST_FREE(cuMemHostUnregister, p); }
 
 /* ---- stream-ordered allocation: pools are measured by their reservation ---- */
 static void pool_track(CUmemoryPool pool, int gpu) {
@@ -509,9 +539,14 @@ void gvm_pools_refresh(void) {
 }
 
 /* Would this allocation grow the pool past the limit? A pool with enough idle reservation reuses it. */
+/*
+ * Stream-ordered pool memory belongs to the driver's pool and cannot be remapped, so it never moves.
+ * In swap mode a pool allocation past the limit is still admitted (swap mode promises that
+ * allocations succeed), and the mover makes room by moving the process's movable ranges out.
+ */
 static bool pool_admits(CUmemoryPool pool, int gpu, size_t size) {
   uint64_t limit = gvm_memory_limit(gpu);
-  if (limit == UINT64_MAX || !pool) return true;
+  if (limit == UINT64_MAX || !pool || swap_mode(gpu)) return true;
   if (gvm_capture_active()) { /* graph memory: judged by what we know, without asking the pool */
     if (gvm_memory_current(gpu) + size <= limit) return true;
     atomic_fetch_add(&gvm_gpus[gpu].alloc_failures, 1);
@@ -549,6 +584,7 @@ static void async_allocated(CUresult r, CUdeviceptr *dptr, size_t size, CUmemory
   if (gvm_capture_active()) gvm_monitor_kick(); /* the event thread measures the pool instead */
   else gvm_pools_refresh();
   gvm_publish_memory(gpu);
+  if (swap_mode(gpu) && gvm_memory_current(gpu) > gvm_memory_limit(gpu)) gvm_swap_kick();
 }
 
 #define ALLOC_ASYNC(sym, pool_expr, ...)                                   \
@@ -573,22 +609,16 @@ CUresult gvm_hook_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesiz
   ALLOC_ASYNC(cuMemAllocFromPoolAsync_ptsz, p, dptr, bytesize, p, s);
 }
 
-static void async_freed(CUresult r, CUdeviceptr dptr) {
-  struct gvm_alloc a;
-  if (r != CUDA_SUCCESS || !active() || !forget((uint64_t)dptr, &a)) return;
-  release_counts(&a);
-  gvm_publish_memory(a.gpu); /* the pool keeps the bytes until trimmed; the monitor re-measures */
-}
-CUresult gvm_hook_cuMemFreeAsync(CUdeviceptr dptr, CUstream s) {
-  CUresult r = GVM_REAL(cuMemFreeAsync, dptr, s);
-  async_freed(r, dptr);
-  return r;
-}
-CUresult gvm_hook_cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) {
-  CUresult r = GVM_REAL(cuMemFreeAsync_ptsz, dptr, s);
-  async_freed(r, dptr);
-  return r;
-}
+/* the pool keeps the bytes until trimmed; the monitor re-measures it */
+#define ASYNC_FREE(sym, dptr, s)                          \
+  struct gvm_alloc a;                                     \
+  bool known = forget_before_free((uint64_t)(dptr), &a);  \
+  CUresult r = GVM_REAL(sym, dptr, s);                    \
+  settle_free(r, known, (uint64_t)(dptr), &a);            \
+  return r
+
+CUresult gvm_hook_cuMemFreeAsync(CUdeviceptr dptr, CUstream s) { ASYNC_FREE(cuMemFreeAsync, dptr, s); }
+CUresult gvm_hook_cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) { ASYNC_FREE(cuMemFreeAsync_ptsz, dptr, s); }
 
 CUresult gvm_hook_cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   CUresult r = GVM_REAL(cuMemPoolTrimTo, pool, keep);

@@ -4,8 +4,8 @@
  * allocations go to the host; when room appears (a raised limit, frees) the newest come back.
  *
  * A move happens in a quiet window: the application's channels are stopped through the RM (its
- * kernels and copies cannot touch the range), the copy runs on the mover's own context and stream,
- * then the range is remapped and the channels resume. The mover is the only agent thread besides
+ * kernels and copies cannot touch the range), the copy runs on the mover's own context and streams
+ * while the range is remapped to the new memory, then the channels resume. The mover is the only agent thread besides
  * the event thread that calls into libcuda, and it holds no agent lock across those calls except
  * the compute control lock, which only the control thread's freeze/thaw also takes.
  */
@@ -92,17 +92,58 @@ static bool ensure_context(int gpu) {
   return true;
 }
 
+/*
+ * Whether the range is remapped while its copy runs (GVM_SWAP_OVERLAP, default 1). The copy reads the
+ * old memory through a second mapping of it and writes the new memory through its staging range, so
+ * the range itself is free to change its physical side at once: the remap (cuMemSetAccess of host
+ * memory costs ~10 ms per GiB on the H100, nearly half the copy) then hides behind the copy instead of
+ * following it, inside the application's stopped time. 0 copies through the range, then remaps.
+ */
+static bool overlap_remap(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *v = getenv("GVM_SWAP_OVERLAP");
+    on = !(v && *v == '0');
+  }
+  return on;
+}
+
 /* One allocation in a batch: its new physical memory, mapped at a staging range while copied. */
 struct move {
   struct gvm_swap_candidate c;
-  CUdeviceptr stage;
+  CUdeviceptr stage; /* the new memory, where the copy writes it */
+  CUdeviceptr src;   /* the old memory, where the copy reads it: the range, or a second mapping of it */
   CUmemGenericAllocationHandle fresh;
   CUevent copied[MAX_STREAMS]; /* recorded after this range's copies on each stream it used */
   unsigned used;               /* bit per stream */
   bool ready;
   bool kept_stage; /* to the host: the handle's own staging range, which stays mapped (backing.c) */
+  bool own_src;    /* src is a mapping this move made (device memory), removed in tidy */
+  bool remapped;   /* the range has the new memory */
   bool moved;
 };
+
+/* Where the copy can read the old memory other than through the range (0: only through the range). */
+static CUdeviceptr second_mapping(int gpu, struct move *m, bool to_device) {
+  CUdevice dev = gvm_gpus[gpu].device;
+  CUmemGenericAllocationHandle old = (CUmemGenericAllocationHandle)m->c.handle;
+  if (to_device) return gvm_backing_staged_at(old, dev); /* host memory keeps its staging range */
+  CUdeviceptr v = 0;
+  if (GVM_REAL(cuMemAddressReserve, &v, m->c.size, GVM_BACKING_GRANULE, 0, 0) != CUDA_SUCCESS) return 0;
+  if (gvm_backing_attach(v, m->c.size, dev, old) != CUDA_SUCCESS) {
+    GVM_REAL(cuMemAddressFree, v, m->c.size);
+    return 0;
+  }
+  m->own_src = true;
+  return v;
+}
+
+static void drop_second_mapping(struct move *m) {
+  if (!m->own_src) return;
+  GVM_REAL(cuMemUnmap, m->src, m->c.size);
+  GVM_REAL(cuMemAddressFree, m->src, m->c.size);
+  m->own_src = false;
+}
 
 static bool prepare(int gpu, struct move *m, bool to_device) {
   CUdevice dev = gvm_gpus[gpu].device;
@@ -135,6 +176,8 @@ static bool prepare(int gpu, struct move *m, bool to_device) {
     gvm_swap_end(m->c.va, false, 0, false);
     return false;
   }
+  CUdeviceptr second = overlap_remap() ? second_mapping(gpu, m, to_device) : 0;
+  m->src = second ? second : m->c.va;
   m->ready = true;
   return true;
 }
@@ -147,7 +190,7 @@ static CUresult issue(int gpu, struct move *m) {
   for (uint64_t off = 0; r == CUDA_SUCCESS && off < m->c.size; off += step) {
     unsigned s = next_stream++ % (unsigned)stream_count;
     uint64_t n = m->c.size - off < step ? m->c.size - off : step;
-    r = GVM_REAL(cuMemcpyAsync, m->stage + off, m->c.va + off, n, mover_stream[gpu][s]);
+    r = GVM_REAL(cuMemcpyAsync, m->stage + off, m->src + off, n, mover_stream[gpu][s]);
     m->used |= 1u << s;
   }
   for (int s = 0; r == CUDA_SUCCESS && s < stream_count; s++)
@@ -155,15 +198,28 @@ static CUresult issue(int gpu, struct move *m) {
   return r;
 }
 
-/* After the copy, inside the quiet window: the range takes its new physical memory. */
-static void finish(int gpu, struct move *m, bool to_device, bool copied) {
+/* Inside the quiet window: the range takes its new physical memory (or keeps the old one on failure). */
+static void remap(int gpu, struct move *m) {
   CUdevice dev = gvm_gpus[gpu].device;
-  m->moved = false;
-  if (copied && GVM_REAL(cuMemUnmap, m->c.va, m->c.size) == CUDA_SUCCESS) {
-    m->moved = gvm_backing_attach(m->c.va, m->c.size, dev, m->fresh) == CUDA_SUCCESS;
-    if (!m->moved) /* put the old physical memory back where it was: nothing is lost */
-      gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
-  }
+  if (GVM_REAL(cuMemUnmap, m->c.va, m->c.size) != CUDA_SUCCESS) return;
+  m->remapped = gvm_backing_attach(m->c.va, m->c.size, dev, m->fresh) == CUDA_SUCCESS;
+  if (!m->remapped) /* put the old physical memory back where it was: nothing is lost */
+    gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
+}
+
+/* The copy failed after the range was remapped: the old memory, which holds the data, comes back. */
+static void unremap(int gpu, struct move *m) {
+  CUdevice dev = gvm_gpus[gpu].device;
+  GVM_REAL(cuMemUnmap, m->c.va, m->c.size);
+  gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
+  m->remapped = false;
+}
+
+/* After the copy (or its failure), inside the quiet window: the move is settled either way. */
+static void finish(int gpu, struct move *m, bool to_device, bool copied) {
+  if (copied && !m->remapped && m->src == m->c.va) remap(gpu, m); /* copied through the range: remap now */
+  if (!copied && m->remapped) unremap(gpu, m);
+  m->moved = copied && m->remapped;
   if (!m->moved) GVM_LOG_ONCE(GVM_LOG_WARN, "a move to the %s failed; the range stays where it was", to_device ? "GPU" : "host");
   gvm_swap_end(m->c.va, m->moved, (uint64_t)m->fresh, to_device);
 }
@@ -171,6 +227,7 @@ static void finish(int gpu, struct move *m, bool to_device, bool copied) {
 /* After the window: what no range uses any more goes back (host memory to the pool), out of the
  * application's stopped time. The range itself is no longer ours to touch (gvm_swap_end). */
 static void tidy(struct move *m, bool to_device) {
+  drop_second_mapping(m);
   if (!m->kept_stage) {
     GVM_REAL(cuMemUnmap, m->stage, m->c.size);
     GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
@@ -201,8 +258,8 @@ static void sync_streams(int gpu) {
 }
 
 /*
- * One quiet window: every copy is queued at once on the mover's stream, and each range is remapped
- * as soon as its own copy is done, so remapping one overlaps the copies of the next ones.
+ * One quiet window: every copy is queued at once on the mover's streams; ranges whose old memory has
+ * a second mapping are remapped while the copies run, the others as soon as their own copy is done.
  */
 static void move_batch(int gpu, struct move *moves, size_t count, bool to_device) {
   size_t ready = 0;
@@ -221,7 +278,13 @@ static void move_batch(int gpu, struct move *moves, size_t count, bool to_device
     return;
   }
   uint64_t t0 = gvm_now_ns();
+  size_t overlapped = 0;
   for (size_t i = 0; i < ready; i++) moves[i].ready = issue(gpu, &moves[i]) == CUDA_SUCCESS;
+  for (size_t i = 0; i < ready; i++)
+    if (moves[i].ready && moves[i].src != moves[i].c.va) {
+      remap(gpu, &moves[i]);
+      overlapped++;
+    }
   /* at least 10 s, and 10 s per 10 GiB (the link does ~50 GB/s: this is far beyond it) */
   uint64_t deadline = t0 + 10000000000ull + bytes;
   size_t done = 0;
@@ -231,11 +294,12 @@ static void move_batch(int gpu, struct move *moves, size_t count, bool to_device
     finish(gpu, &moves[done], to_device, r == CUDA_SUCCESS);
   }
   if (done < ready) {
-    /* a copy is stuck while the process is stopped: let it run, wait for our copies, move nothing more */
+    /* a copy is stuck while the process is stopped: every range not yet settled keeps its old memory
+     * (before the process runs again: it must never see a half-copied range), then our copies drain */
     GVM_LOG_ONCE(GVM_LOG_ERROR, "swap copies did not finish in time while the process was stopped; moves abandoned");
+    for (; done < ready; done++) finish(gpu, &moves[done], to_device, false);
     gvm_compute_resume(gpu);
     sync_streams(gpu);
-    for (; done < ready; done++) finish(gpu, &moves[done], to_device, false);
     for (size_t i = 0; i < ready; i++) tidy(&moves[i], to_device);
     return;
   }
@@ -243,9 +307,9 @@ static void move_batch(int gpu, struct move *moves, size_t count, bool to_device
   uint64_t t1 = gvm_now_ns();
   for (size_t i = 0; i < ready; i++) tidy(&moves[i], to_device);
   gvm_log(GVM_LOG_DEBUG, "mover: %zu range(s), %llu bytes to the %s in %.1f ms (quiet window; prepared in %.1f ms, "
-          "%d stream(s), chunk %llu MiB)", ready, (unsigned long long)bytes, to_device ? "GPU" : "host",
-          (double)(t1 - t0) / 1e6, (double)(t0 - t_prepare) / 1e6, stream_count,
-          (unsigned long long)(chunk_bytes >> 20));
+          "%zu remapped during the copy, %d stream(s), chunk %llu MiB)", ready, (unsigned long long)bytes,
+          to_device ? "GPU" : "host", (double)(t1 - t0) / 1e6, (double)(t0 - t_prepare) / 1e6, overlapped,
+          stream_count, (unsigned long long)(chunk_bytes >> 20));
 }
 
 /* One pass for one GPU: pick what to move, then move it in one quiet window. */

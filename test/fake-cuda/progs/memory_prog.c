@@ -507,6 +507,9 @@ static void fill(int b, unsigned char *host)
     CK(cuMemcpyHtoD(g_buf[b].ptr, host, g_buf[b].bytes));
 }
 
+static CUdeviceptr g_async;
+static CUstream g_async_stream;
+
 static int run_swap(int argc, char **argv)
 {
     open_gpu();
@@ -550,6 +553,23 @@ static int run_swap(int argc, char **argv)
                 CK(cuMemFree(g_buf[i].ptr));
             g_nbuf = 0;
             printf("FREED\n");
+        } else if (strncmp(line, "async ", 6) == 0) {
+            /* stream-ordered pool memory beside the buffers: it stays on the GPU, they make room */
+            if (!g_async_stream)
+                CK(cuStreamCreate(&g_async_stream, CU_STREAM_NON_BLOCKING));
+            CUresult r = cuMemAllocAsync(&g_async, (size_t)atoi(line + 6) * MiB, g_async_stream);
+            if (r == CUDA_SUCCESS)
+                r = cuStreamSynchronize(g_async_stream);
+            if (r == CUDA_SUCCESS)
+                r = cuMemsetD8(g_async, 0x5a, (size_t)atoi(line + 6) * MiB);
+            printf("ASYNC %d\n", (int)r);
+        } else if (strcmp(line, "asyncfree") == 0) {
+            CK(cuMemFreeAsync(g_async, g_async_stream));
+            CK(cuStreamSynchronize(g_async_stream));
+            CUmemoryPool pool;
+            CK(cuDeviceGetDefaultMemPool(&pool, g_dev));
+            CK(cuMemPoolTrimTo(pool, 0));
+            printf("ASYNCFREED\n");
         } else if (strcmp(line, "exit") == 0) {
             break;
         }
