@@ -313,21 +313,20 @@ t.test('compute control through the fake RM: priority, freeze and thaw with the 
   t.equal(g.compute.mode, 'rm');
 
   const frozen = await g.freeze();
-  t.match(frozen.message, /11 channels disabled, 4 TSGs preempted/);
+  t.match(frozen.message, /11 channels of 4 TSGs disabled and preempted in one RM control/);
   t.equal(g.compute.frozen, true);
   const rm = g.rm();
   const lines = fs.readFileSync(log, 'utf8').split('\n');
   const disable = lines.find((l) => /2080110b/i.test(l) && l.includes('control'));
   t.ok(disable, 'a disable-channels control was issued');
-  t.equal(lines.filter((l) => /a06c0105/i.test(l)).length, 4, 'one preempt per TSG');
-  // the params bytes: bDisable=1, numChannels=11, bOnlyDisableScheduling=1, then client and channel lists
-  const hexBytes = /params=([0-9a-f]+)/i.exec(disable ?? '')?.[1] ?? '';
-  const bytes = Buffer.from(hexBytes, 'hex');
+  t.equal(lines.filter((l) => /a06c0105/i.test(l)).length, 0, 'no TSG preempt: the RM preempts them itself');
+  // the params bytes: bDisable=1, numChannels=11, bOnlyDisableScheduling=0, then client and channel lists
+  const bytes = disableParams(disable);
   t.equal(bytes.length, 536, 'params are the 536-byte NV2080_CTRL_FIFO_DISABLE_CHANNELS_PARAMS');
   if (bytes.length === 536) {
     t.equal(bytes[0], 1, 'bDisable');
     t.equal(bytes.readUInt32LE(4), 11, 'numChannels');
-    t.equal(bytes[8], 1, 'bOnlyDisableScheduling');
+    t.equal(bytes[8], 0, 'bOnlyDisableScheduling=0: none of them may still run in hardware when it answers');
     t.equal(bytes.readBigUInt64LE(16), 0n, 'no preempt event from user space');
     t.equal(bytes.readUInt32LE(24), rm.client, 'hClientList[0] is the owning client');
     const listed = Array.from({ length: 11 }, (_, i) => bytes.readUInt32LE(280 + 4 * i)).sort();
@@ -345,6 +344,44 @@ t.test('compute control through the fake RM: priority, freeze and thaw with the 
   t.equal(gvm(['get', `${ready.pid}:0`, 'compute.freeze'], { GVM_SHM_DIR: shm }).stdout.trim(), '1');
   t.equal(gvm(['thaw', String(ready.pid)], { GVM_SHM_DIR: shm }).status, 0);
 });
+
+function disableParams(line: string | undefined): Buffer {
+  return Buffer.from(/params=([0-9a-f]+)/i.exec(line ?? '')?.[1] ?? '', 'hex');
+}
+
+for (const [what, extra] of [
+  ['GVM_RM_STOP=preempt', { GVM_RM_STOP: 'preempt' }],
+  ['a driver that refuses to preempt in DISABLE_CHANNELS', { FAKE_RM_SCHEDULING_ONLY: '1' }],
+] as const) {
+  t.test(`freeze in two steps (${what}): scheduling disabled, then each TSG preempted`, async (t) => {
+    const shm = tmpShm(t);
+    const log = path.join(shm, 'rm.log');
+    const prog = start(t, shm, 'direct', 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_RM_LOG: log, ...extra });
+    const ready = await prog.report('READY');
+    using p = await Gvm.process(ready.pid, { shmDir: shm });
+    const g = p.gpu(0);
+    const frozen = await g.freeze();
+    t.match(frozen.message, /11 channels of 4 TSGs disabled, their TSGs preempted/);
+    t.equal(g.compute.mode, 'rm', 'still the RM path, not the software freeze');
+    const lines = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('control'));
+    const disables = lines.filter((l) => /2080110b/i.test(l)).map((l) => ({ bytes: disableParams(l), ok: /status=0x0\b/.test(l) }));
+    const stop = disables.filter((d) => d.ok && d.bytes[0] === 1);
+    t.equal(stop.length, 1, 'one successful disable');
+    t.equal(stop[0]?.bytes[8], 1, 'with bOnlyDisableScheduling=1');
+    if ('FAKE_RM_SCHEDULING_ONLY' in extra) {
+      t.ok(disables.some((d) => !d.ok && d.bytes[8] === 0), 'the one-control stop was tried first and refused');
+    } else {
+      t.ok(disables.every((d) => d.bytes[8] === 1), 'never the one-control stop');
+    }
+    const preempts = lines.filter((l) => /cmd=0xa06c0105/i.test(l));
+    t.equal(preempts.length, 4, 'one preempt per TSG');
+    t.ok(preempts.some((l) => /params=01/i.test(l)), 'the compute TSG preempted with bWait=1');
+    await g.thaw();
+    t.equal(g.compute.frozen, false);
+    const mark = prog.send('sync');
+    await prog.line('SYNCED', mark);
+  });
+}
 
 t.test('gvm run --priority: channel groups created after start-up inherit the timeslice', async (t) => {
   const shm = tmpShm(t);

@@ -100,7 +100,7 @@ t.test('gvm top live in tmux: j/k select, f freezes the selected process, t thaw
   t.equal(p.gpu(0).compute.frozen, true, "'f' froze the selected process on GPU 0");
   t.equal(p.gpu(1).compute.frozen, false, 'and only on that GPU');
   t.match(screen, new RegExp(`> +${pid} .* frozen `), 'the screen shows it frozen');
-  t.match(screen, /frozen: \d+ channels disabled/, "and the agent's answer");
+  t.match(screen, /frozen: \d+ channels of \d+ TSGs disabled/, "and the agent's answer");
 
   tmux('send-keys', '-t', session, 'k');
   screen = await screenUntil(session, new RegExp(`> +${known} `));

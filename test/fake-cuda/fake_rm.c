@@ -57,6 +57,8 @@ static void (*_Atomic g_channel_hook)(void);
 
 /* A fork while another thread holds the table lock would leave the child's copy
  * locked forever; taking it around fork keeps the child usable. */
+static int g_scheduling_only;
+
 static void before_fork(void) { pthread_mutex_lock(&g_lock); }
 static void after_fork(void) { pthread_mutex_unlock(&g_lock); }
 
@@ -68,6 +70,8 @@ static void init_once(void)
     const char *log = getenv("FAKE_RM_LOG");
     if (log && *log)
         g_log_fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    const char *only = getenv("FAKE_RM_SCHEDULING_ONLY");
+    g_scheduling_only = only && *only == '1';
     const char *fail = getenv("FAKE_RM_FAIL_CMD");
     while (fail && *fail && g_fail_count < MAX_FAIL_CMDS) {
         char *end;
@@ -270,6 +274,9 @@ static uint32_t disable_channels(const rm_object_t *subdev, const void *params, 
     memcpy(&p, params, sizeof p);
     if (p.numChannels > RM_DISABLE_MAX_CHANNELS || p.pRunlistPreemptEvent != 0)
         return NV_ERR_INVALID_ARGUMENT;
+    /* FAKE_RM_SCHEDULING_ONLY=1: a driver that only disables scheduling (refuses to preempt here) */
+    if (p.bDisable && !p.bOnlyDisableScheduling && g_scheduling_only)
+        return NV_ERR_NOT_SUPPORTED;
     /* Validate the whole list before touching anything: the real RM fails the call
      * as a unit when one entry is not a channel. */
     for (uint32_t i = 0; i < p.numChannels; i++) {
