@@ -5,11 +5,14 @@
 import { Counter, Gauge, Registry } from 'prom-client';
 
 import { Gvm, GvmProcess } from '../index';
+import type { PolicyStats } from './policy-apply';
 
 const LABELS = ['pid', 'gpu', 'user', 'command'] as const;
 
 export interface MetricsOptions {
   shmDir?: string;
+  /** gvmd's policy engine (--policy): its rules and applications are exported too */
+  policy?: PolicyStats;
 }
 
 export interface GvmMetrics {
@@ -114,5 +117,45 @@ export function createMetrics(options: MetricsOptions = {}): GvmMetrics {
       }
     },
   });
+  if (options.policy !== undefined) policyMetrics(registry, options.policy);
   return { registry, refresh };
+}
+
+/** The policy file's engine: rules in force, applications and failures per rule, reloads. */
+function policyMetrics(registry: Registry, stats: PolicyStats): void {
+  new Gauge({
+    name: 'gvm_policy_rules',
+    help: 'Rules of the policy file in force',
+    registers: [registry],
+    collect() {
+      this.set(stats.rules);
+    },
+  });
+  const perRule = (name: string, help: string, counts: ReadonlyMap<string, number>): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['rule'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        // every rule in force shows, at 0 until it is used; rules dropped by a reload keep their count
+        for (const rule of stats.ruleNames) this.inc({ rule }, 0);
+        for (const [rule, n] of counts) this.inc({ rule }, n);
+      },
+    });
+  };
+  perRule('gvm_policy_rule_applied_total', 'Process GPUs a rule was applied to, every setting accepted', stats.applied);
+  perRule('gvm_policy_rule_failed_total', 'Process GPUs where a setting of the rule was refused or not answered', stats.failed);
+  new Counter({
+    name: 'gvm_policy_reloads_total',
+    help: 'Reloads of the policy file (SIGHUP): ok, or invalid (the rules before stay in force)',
+    labelNames: ['result'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ result: 'ok' }, stats.reloads.ok);
+      this.inc({ result: 'invalid' }, stats.reloads.invalid);
+    },
+  });
 }

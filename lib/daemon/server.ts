@@ -3,6 +3,7 @@ import * as http from 'node:http';
 
 import { GvmError } from '../errors';
 import { createMetrics } from './metrics';
+import type { PolicyStats } from './policy-apply';
 
 export interface MetricsServer {
   /** The port it listens on (the one picked when 0 was asked for). */
@@ -10,8 +11,8 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export async function serveMetrics(host: string, port: number, shmDir: string): Promise<MetricsServer> {
-  const { registry, refresh } = createMetrics({ shmDir });
+export async function serveMetrics(host: string, port: number, shmDir: string, policy?: PolicyStats): Promise<MetricsServer> {
+  const { registry, refresh } = createMetrics({ shmDir, policy });
   let scrape = Promise.resolve();
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '').split('?')[0];
