@@ -2,6 +2,7 @@
 training job (LoRA fine-tune or UNet diffusion), every case in one run:
 
   server-alone   the server by itself (plain python)
+  server-agent   the server by itself under `gvm run --class latency` (the agent's own cost)
   be-alone       the best-effort job by itself
   default        both, default time-sharing
   mps            both under NVIDIA MPS (a daemon started for the case)
@@ -31,7 +32,7 @@ WORK = os.path.join(ROOT, "bench", "workloads")
 CLI = shlex.split(os.environ.get("GVM_CLI", "") or f"node {ROOT}/dist/cli/gvm.js")
 PY = os.environ.get("PYTHON") or sys.executable
 JOBS = {"lora": "lora_finetune.py", "unet": "unet_diffusion.py"}
-CASES = ["server-alone", "be-alone", "default", "mps", "gvm-priority", "gvm-auto", "gvm-auto-swap"]
+CASES = ["server-alone", "server-agent", "be-alone", "default", "mps", "gvm-priority", "gvm-auto", "gvm-auto-swap"]
 started = []  # process groups to kill at exit
 
 
@@ -103,7 +104,9 @@ def run_case(case, job, a, tmp):
     gvm = case.startswith("gvm")
     srv_pre = be_pre = []
     srv_args, be_args = [], []
-    if case == "gvm-priority":
+    if case == "server-agent":  # the server alone under the agent: what gvm costs it with nobody beside it
+        srv_pre = CLI + ["run", "--class", "latency", "--"]
+    elif case == "gvm-priority":
         srv_pre, be_pre = CLI + ["run", "--priority", "0", "--"], CLI + ["run", "--priority", "15", "--"]
     elif case.startswith("gvm-auto"):
         srv_pre = CLI + ["run", "--class", "latency", "--"]
@@ -117,7 +120,7 @@ def run_case(case, job, a, tmp):
     res = {"case": case}
     logs = {}
     try:
-        if case != "server-alone":
+        if case not in ("server-alone", "server-agent"):
             logs["be"] = open(f"{d}/be.log", "w")
             be = spawn(be_pre + [PY, os.path.join(WORK, JOBS[job]), "--ready", f"{d}/be.ready", "--out", f"{d}/be.json"] + be_args,
                        env, logs["be"])

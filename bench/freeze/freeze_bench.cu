@@ -92,7 +92,12 @@ int main(int argc, char **argv) {
     failures += !(st == 0 && all);
   }
 
-  std::vector<double> freeze_us, thaw_us, cmd_freeze_us, cmd_thaw_us;
+  std::vector<double> freeze_us, thaw_us, cmd_freeze_us, cmd_thaw_us, rm_freeze_us, rm_thaw_us;
+  // the agent's answer ends with the RM controls' own time ("... in 0.45 ms"): delivery vs driver
+  auto rm_time_us = [](const char *m, std::vector<double> &into) {
+    const char *at = strstr(m, " in ");
+    if (at) into.push_back(atof(at + 4) * 1e3);
+  };
   volatile int *stop;
   cudaHostAlloc((void **)&stop, 64, cudaHostAllocMapped);
   *stop = 0;
@@ -125,6 +130,7 @@ int main(int argc, char **argv) {
       failures++;
       break;
     }
+    rm_time_us(msg, rm_freeze_us);
     freeze_us.push_back(last_change - t0);
     cmd_freeze_us.push_back(t1 - t0);
     unsigned long long frozen_at = *counter;
@@ -133,6 +139,7 @@ int main(int argc, char **argv) {
     double t2 = now_us();
     st = command(GVM_KEY_COMPUTE_FREEZE, 0, msg);
     double t3 = now_us();
+    rm_time_us(msg, rm_thaw_us);
     while (*counter == frozen_at && now_us() - t2 < 1e6) {}
     thaw_us.push_back(now_us() - t2);
     cmd_thaw_us.push_back(t3 - t2);
@@ -157,15 +164,21 @@ int main(int argc, char **argv) {
          pct(cmd_freeze_us, .99) / 1e3, pct(cmd_freeze_us, 1) / 1e3);
   printf("| thaw command round trip (ms) | %.3f | %.3f | %.3f | |\n", pct(cmd_thaw_us, .5) / 1e3,
          pct(cmd_thaw_us, .99) / 1e3, pct(cmd_thaw_us, 1) / 1e3);
+  printf("| freeze: the RM controls alone (ms) | %.3f | %.3f | %.3f | |\n", pct(rm_freeze_us, .5) / 1e3,
+         pct(rm_freeze_us, .99) / 1e3, pct(rm_freeze_us, 1) / 1e3);
+  printf("| thaw: the RM control alone (ms) | %.3f | %.3f | %.3f | |\n", pct(rm_thaw_us, .5) / 1e3,
+         pct(rm_thaw_us, .99) / 1e3, pct(rm_thaw_us, 1) / 1e3);
   if (json) {
     FILE *f = fopen(json, "w");
     if (f) {
       fprintf(f, "{\"cycles\":%d,\"freeze_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"thaw_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
                  "\"freeze_cmd_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"thaw_cmd_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
+                 "\"rm_freeze_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"rm_thaw_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
                  "\"zero_progress_violations\":%d,\"result_ok\":%s,\"mode\":%u}\n",
               cycles, pct(freeze_us, .5) / 1e3, f99 / 1e3, pct(thaw_us, .5) / 1e3, t99 / 1e3, pct(cmd_freeze_us, .5) / 1e3,
               pct(cmd_freeze_us, .99) / 1e3, pct(cmd_thaw_us, .5) / 1e3, pct(cmd_thaw_us, .99) / 1e3,
-              zero_progress_violations, result_ok ? "true" : "false", cb->gpu[0].control_mode);
+              pct(rm_freeze_us, .5) / 1e3, pct(rm_freeze_us, .99) / 1e3, pct(rm_thaw_us, .5) / 1e3,
+              pct(rm_thaw_us, .99) / 1e3, zero_progress_violations, result_ok ? "true" : "false", cb->gpu[0].control_mode);
       fclose(f);
     }
   }

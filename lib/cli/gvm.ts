@@ -35,7 +35,8 @@ Commands:
   thaw PID[:GPU]                   let a frozen process run again
   debug rm PID[:GPU]               show the RM client, TSGs and channels the agent recorded
   top [--once] [--sort KEY]        a live view of every GPU and process (KEY: memory, rate, pid, priority)
-  daemon [options]                 run gvmd: the GVM file tree over FUSE and Prometheus metrics
+  daemon [options]                 run gvmd: the GVM file tree over FUSE, Prometheus metrics and
+                                   the policy file (--policy FILE, --check-policy FILE)
   help [COMMAND]                   show help for gvm or a command
 
 Options:
