@@ -192,6 +192,40 @@ for (const [what, tuning, steps] of [
   });
 }
 
+t.test('swap mode under injected driver failures (maps, access, copies): nothing lost, nothing counted twice', async (t) => {
+  const shm = tmpShm(t);
+  // every 4th cuMemSetAccess, every 5th cuMemMap and every 3rd cuMemcpyAsync fail: staging, second
+  // mappings, remaps and copies each fail somewhere in the sequence, on both sides of the window
+  const prog = new Prog(t, shm, ['swap', 'seed=11', 'count=8'], {
+    GVM_MEMORY_MODE: 'swap',
+    GVM_RM_ANY_DRIVER: '1',
+    FAKE_CUDA_FAIL: 'cuMemSetAccess:4,cuMemMap:5,cuMemcpyAsync:3',
+  });
+  const rounded = Number((await prog.line('READY')).split(' ')[2]);
+  using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
+  const g = p.gpu(0);
+  // an allocation whose movable range the driver refused stays plain, counted at its own size
+  const total = g.memory.current + g.memory.swapCurrent;
+  t.ok(total > 0 && total <= rounded, `all 8 allocations counted at start (${total} of at most ${rounded} bytes)`);
+  t.match(prog.stderr, /a movable range could not be set up .*stays plain/, 'the refused range was reported, the allocation kept');
+  const next = rng(7);
+  let moved = 0;
+  for (let step = 0; step < 16; step++) {
+    const limit = Math.max(2 * MiB, Math.floor(next() * (total + 8 * MiB)));
+    const before = g.memory.current;
+    await g.setMemoryLimit(limit);
+    if (g.memory.current !== before) moved++;
+    t.equal(g.memory.current + g.memory.swapCurrent, total, `step ${step}: every buffer counted once`);
+    if (next() < 0.5) await prog.ask(`write ${Math.floor(next() * 8)}`, 'WRITTEN');
+    t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 8', `step ${step}: every byte of every buffer`);
+  }
+  t.ok(moved >= 4, `moves still happened between the failures (${moved} of 16 limit changes moved data)`);
+  t.match(prog.stderr, /a move to the (host|GPU) failed; the range stays where it was/, 'failed moves were reported');
+  t.equal(g.compute.frozen, false, 'never left frozen');
+  await prog.ask('free', 'FREED');
+  t.same([g.memory.current, g.memory.swapCurrent], [0, 0], 'all freed, wherever it lived');
+});
+
 t.test('swap mode: stream-ordered pool memory past the limit is admitted; movable ranges make room, then come back', async (t) => {
   const shm = tmpShm(t);
   const prog = new Prog(t, shm, ['swap', 'seed=9', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });

@@ -175,7 +175,7 @@ static CUresult swap_alloc(CUdeviceptr *dptr, uint64_t size, int gpu) {
   }
   if (r != CUDA_SUCCESS) {
     if (on_device) atomic_fetch_sub(&g->sync_bytes, rounded);
-    atomic_fetch_add(&g->alloc_failures, 1);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) atomic_fetch_add(&g->alloc_failures, 1);
     gvm_publish_memory(gpu);
     return r;
   }
@@ -318,8 +318,18 @@ static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(
   int gpu = gvm_current_gpu();
   if (gvm_kernel_mode && dptr) return gvm_kernel_alloc(dptr, size, gpu); /* managed, so the module can evict it */
   /* large allocations in swap mode get a range whose physical side can move; small ones stay plain */
-  if (size >= GVM_BACKING_GRANULE && swap_mode(gpu) && dptr) return swap_alloc(dptr, size, gpu);
-  if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size)) return CUDA_ERROR_OUT_OF_MEMORY;
+  bool plain_in_swap = false;
+  if (size >= GVM_BACKING_GRANULE && swap_mode(gpu) && dptr) {
+    CUresult r = swap_alloc(dptr, size, gpu);
+    if (r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY) return r;
+    /* the driver refused a step of the movable range (not memory): the application still gets its
+     * memory, as a plain allocation that cannot move; past the limit the mover moves others out */
+    GVM_LOG_ONCE(GVM_LOG_WARN, "a movable range could not be set up (CUDA error %d); the allocation stays plain", (int)r);
+    plain_in_swap = true;
+    atomic_fetch_add(&gvm_gpus[gpu].sync_bytes, size);
+  } else if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size)) {
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
   CUresult r = call(arg);
   /* the GPU itself is full: a latency process may get memory best-effort peers move to the host */
   if (r == CUDA_ERROR_OUT_OF_MEMORY && gvm_policy_need_memory(gpu, size)) r = call(arg);
@@ -330,6 +340,7 @@ static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(
     remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_DEVICE, 0);
   }
   gvm_publish_memory(gpu);
+  if (plain_in_swap && r == CUDA_SUCCESS && gvm_memory_current(gpu) > gvm_memory_limit(gpu)) gvm_swap_kick();
   return r;
 }
 

@@ -198,20 +198,31 @@ static CUresult issue(int gpu, struct move *m) {
   return r;
 }
 
+/* The old memory, which holds the data, goes back under the range. It was mapped there a moment ago,
+ * so a failure is transient: try again rather than leave the application a hole. */
+static void put_back(int gpu, struct move *m) {
+  CUdevice dev = gvm_gpus[gpu].device;
+  for (int attempt = 0; attempt < 5; attempt++) {
+    if (gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle) == CUDA_SUCCESS) return;
+    struct timespec ts = {0, 1000000L << attempt};
+    nanosleep(&ts, NULL);
+  }
+  GVM_LOG_ONCE(GVM_LOG_ERROR, "cannot map a range's memory back at %#llx after a failed move; its data is kept, "
+               "the range is unmapped", (unsigned long long)m->c.va);
+}
+
 /* Inside the quiet window: the range takes its new physical memory (or keeps the old one on failure). */
 static void remap(int gpu, struct move *m) {
   CUdevice dev = gvm_gpus[gpu].device;
   if (GVM_REAL(cuMemUnmap, m->c.va, m->c.size) != CUDA_SUCCESS) return;
   m->remapped = gvm_backing_attach(m->c.va, m->c.size, dev, m->fresh) == CUDA_SUCCESS;
-  if (!m->remapped) /* put the old physical memory back where it was: nothing is lost */
-    gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
+  if (!m->remapped) put_back(gpu, m);
 }
 
-/* The copy failed after the range was remapped: the old memory, which holds the data, comes back. */
+/* The copy failed after the range was remapped: the old memory comes back. */
 static void unremap(int gpu, struct move *m) {
-  CUdevice dev = gvm_gpus[gpu].device;
   GVM_REAL(cuMemUnmap, m->c.va, m->c.size);
-  gvm_backing_attach(m->c.va, m->c.size, dev, (CUmemGenericAllocationHandle)m->c.handle);
+  put_back(gpu, m);
   m->remapped = false;
 }
 

@@ -30,6 +30,14 @@ enum fake_sym {
 };
 void fake_call_hit(enum fake_sym sym);
 #define FAKE_ENTER(sym) fake_call_hit(FAKE_SYM_##sym)
+/* Failure injection: FAKE_CUDA_FAIL="cuMemSetAccess:4,cuMemcpyAsync:3" fails every 4th cuMemSetAccess
+ * and every 3rd cuMemcpyAsync (counted from the call just recorded) with CUDA_ERROR_UNKNOWN. */
+int fake_call_fails(enum fake_sym sym);
+#define FAKE_MAY_FAIL(sym)                        \
+    do {                                          \
+        if (fake_call_fails(FAKE_SYM_##sym))      \
+            return CUDA_ERROR_UNKNOWN;            \
+    } while (0)
 
 /* ---- devices (fake_cuda_device.c) ---- */
 typedef struct {

@@ -42,6 +42,31 @@ void fake_call_hit(enum fake_sym sym)
     (void)w;
 }
 
+static unsigned long g_fail_every[FAKE_SYM_COUNT];
+static pthread_once_t g_fail_once = PTHREAD_ONCE_INIT;
+
+static void fail_parse(void)
+{
+    const char *v = getenv("FAKE_CUDA_FAIL");
+    while (v && *v) {
+        const char *colon = strchr(v, ':'), *comma = strchr(v, ',');
+        if (!colon || (comma && comma < colon))
+            break;
+        unsigned long every = strtoul(colon + 1, NULL, 10);
+        for (int i = 0; i < FAKE_SYM_COUNT; i++)
+            if (strlen(g_names[i]) == (size_t)(colon - v) && strncmp(g_names[i], v, (size_t)(colon - v)) == 0)
+                g_fail_every[i] = every;
+        v = comma ? comma + 1 : NULL;
+    }
+}
+
+int fake_call_fails(enum fake_sym sym)
+{
+    pthread_once(&g_fail_once, fail_parse);
+    unsigned long every = g_fail_every[sym];
+    return every > 0 && atomic_load_explicit(&g_counts[sym], memory_order_relaxed) % every == 0;
+}
+
 API unsigned long fakeCudaCallCount(const char *exportedName)
 {
     for (int i = 0; exportedName && i < FAKE_SYM_COUNT; i++)

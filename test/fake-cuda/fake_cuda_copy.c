@@ -85,6 +85,7 @@ static CUresult copy_async(uintptr_t dst, int dst_dev, uintptr_t src, int src_de
     CUresult name(dst_t dst, src_t src, size_t n, CUstream hStream)                               \
     {                                                                                             \
         FAKE_ENTER(name);                                                                         \
+        FAKE_MAY_FAIL(name);                                                                      \
         return copy_async((uintptr_t)dst, dst_dev, (uintptr_t)src, src_dev, n, hStream);          \
     }
 

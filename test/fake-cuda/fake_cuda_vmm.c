@@ -227,6 +227,7 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
 {
     FAKE_ENTER(cuMemMap);
     FAKE_REQUIRE_INIT();
+    FAKE_MAY_FAIL(cuMemMap);
     if (flags != 0 || size == 0 || ptr % FAKE_VMM_GRANULARITY || size % FAKE_VMM_GRANULARITY ||
         offset % FAKE_VMM_GRANULARITY)
         return CUDA_ERROR_INVALID_VALUE;
@@ -283,6 +284,7 @@ CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *des
 {
     FAKE_ENTER(cuMemSetAccess);
     FAKE_REQUIRE_INIT();
+    FAKE_MAY_FAIL(cuMemSetAccess);
     if (!desc || count == 0 || size == 0)
         return CUDA_ERROR_INVALID_VALUE;
     int prot = PROT_NONE;
