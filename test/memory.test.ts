@@ -192,6 +192,25 @@ for (const [what, tuning, steps] of [
   });
 }
 
+for (const mode of ['oom', 'swap'] as const) {
+  t.test(`${mode} mode: the limit changed every few ms while 4 threads allocate, fill, check and free (test/gpu/limit_race.c)`, async (t) => {
+    const shm = tmpShm(t);
+    const bin = path.join(FAKE, 'bin', 'gvm-limit-race');
+    const r = spawnSync(bin, ['4', '512'], {
+      encoding: 'utf8',
+      env: env(shm, { GVM_MEMORY_MODE: mode, GVM_RM_ANY_DRIVER: '1' }),
+      timeout: 90000,
+    });
+    t.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+    const lines = r.stdout.split('\n');
+    t.ok(lines.some((l) => /^ok +every buffer held its pattern at every check \(0 bad/.test(l)), 'every buffer intact at every check');
+    t.ok(lines.some((l) => /^ok +all freed: memory.current 0 \(started at 0\), swap 0/.test(l)), 'back to zero, nothing on the host');
+    t.ok(lines.some((l) => (mode === 'swap' ? /^ok +swap mode refused no allocation/ : /^ok +oom mode refused allocations past the limit/).test(l)),
+      mode === 'swap' ? 'no allocation refused' : 'allocations past the limit refused with out-of-memory');
+    t.ok(lines.includes('0 failure(s)'));
+  });
+}
+
 t.test('swap mode under injected driver failures (maps, access, copies): nothing lost, nothing counted twice', async (t) => {
   const shm = tmpShm(t);
   // every 4th cuMemSetAccess, every 5th cuMemMap and every 3rd cuMemcpyAsync fail: staging, second

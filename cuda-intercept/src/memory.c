@@ -319,12 +319,16 @@ static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(
   if (gvm_kernel_mode && dptr) return gvm_kernel_alloc(dptr, size, gpu); /* managed, so the module can evict it */
   /* large allocations in swap mode get a range whose physical side can move; small ones stay plain */
   bool plain_in_swap = false;
-  if (size >= GVM_BACKING_GRANULE && swap_mode(gpu) && dptr) {
-    CUresult r = swap_alloc(dptr, size, gpu);
-    if (r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY) return r;
-    /* the driver refused a step of the movable range (not memory): the application still gets its
-     * memory, as a plain allocation that cannot move; past the limit the mover moves others out */
-    GVM_LOG_ONCE(GVM_LOG_WARN, "a movable range could not be set up (CUDA error %d); the allocation stays plain", (int)r);
+  if (swap_mode(gpu) && dptr) {
+    if (size >= GVM_BACKING_GRANULE) {
+      CUresult r = swap_alloc(dptr, size, gpu);
+      if (r == CUDA_SUCCESS || r == CUDA_ERROR_OUT_OF_MEMORY) return r;
+      /* the driver refused a step of the movable range (not memory): the application still gets its
+       * memory, as a plain allocation that cannot move */
+      GVM_LOG_ONCE(GVM_LOG_WARN, "a movable range could not be set up (CUDA error %d); the allocation stays plain", (int)r);
+    }
+    /* small allocations stay plain (2 MiB ranges would waste most of it); swap mode promises that
+     * allocations succeed, so past the limit they are admitted and the mover moves large ranges out */
     plain_in_swap = true;
     atomic_fetch_add(&gvm_gpus[gpu].sync_bytes, size);
   } else if (!reserve(gpu, valid_gpu(gpu) ? &gvm_gpus[gpu].sync_bytes : NULL, size)) {

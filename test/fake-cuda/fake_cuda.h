@@ -77,6 +77,7 @@ struct CUctx_st {
     uint32_t rm_parents[FAKE_RM_CTX_OBJECTS];
     int rm_count;
     uint32_t rm_compute_channels[FAKE_RM_CHANNELS_COMPUTE];
+    uint32_t rm_copy_channels[FAKE_RM_COPY_TSGS];
 };
 
 int fake_ctx_valid(CUcontext ctx);
@@ -90,6 +91,12 @@ void fake_rm_ctx_create(CUcontext ctx);
 void fake_rm_ctx_destroy(CUcontext ctx);
 /* 1 when every channel of the context's compute TSG is disabled (frozen). */
 int fake_rm_ctx_frozen(CUcontext ctx);
+/* 1 when every channel of the context's copy TSGs is disabled: its copies and memsets wait. */
+int fake_rm_ctx_copies_stopped(CUcontext ctx);
+/* A copy or memset of a context runs between these: it starts only while the context's copy channels
+ * run, and a stop (preempt with wait) answers only once it is done. Return/take a slot. */
+int fake_data_op_begin(CUcontext ctx);
+void fake_data_op_end(int slot);
 
 /* ---- streams and the execution engine (fake_cuda_stream.c) ---- */
 enum fake_op_kind {

@@ -33,9 +33,13 @@ static CUresult copy_now(uintptr_t dst, int dst_dev, uintptr_t src, int src_dev,
         return r;
     if (n == 0)
         return CUDA_SUCCESS;
-    if (!dst || !src || (dst_dev && !device_range_ok(dst, n)) || (src_dev && !device_range_ok(src, n)))
+    int slot = fake_data_op_begin(c);
+    if (!dst || !src || (dst_dev && !device_range_ok(dst, n)) || (src_dev && !device_range_ok(src, n))) {
+        fake_data_op_end(slot);
         return CUDA_ERROR_INVALID_VALUE;
+    }
     memmove((void *)dst, (const void *)src, n);
+    fake_data_op_end(slot);
     return CUDA_SUCCESS;
 }
 
@@ -104,8 +108,11 @@ static CUresult memset_now(uintptr_t dst, unsigned value, size_t count, size_t w
         return r;
     if (count == 0)
         return CUDA_SUCCESS;
-    if (!dst || (width == 4 && dst % 4) || !device_range_ok(dst, count * width))
+    int slot = fake_data_op_begin(c);
+    if (!dst || (width == 4 && dst % 4) || !device_range_ok(dst, count * width)) {
+        fake_data_op_end(slot);
         return CUDA_ERROR_INVALID_VALUE;
+    }
     if (width == 1) {
         memset((void *)dst, (int)(value & 0xff), count);
     } else {
@@ -113,6 +120,7 @@ static CUresult memset_now(uintptr_t dst, unsigned value, size_t count, size_t w
         for (size_t i = 0; i < count; i++)
             memcpy((char *)dst + 4 * i, &v, 4);
     }
+    fake_data_op_end(slot);
     return CUDA_SUCCESS;
 }
 

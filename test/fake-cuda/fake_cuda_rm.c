@@ -107,7 +107,7 @@ void fake_rm_ctx_create(CUcontext c)
         return;
     alloc_tsg(c, RM_ENGINE_GR, FAKE_RM_CHANNELS_COMPUTE, c->rm_compute_channels);
     for (uint32_t i = 0; i < FAKE_RM_COPY_TSGS; i++)
-        alloc_tsg(c, RM_ENGINE_COPY0 + i, 1, NULL);
+        alloc_tsg(c, RM_ENGINE_COPY0 + i, 1, &c->rm_copy_channels[i]);
 }
 
 void fake_rm_ctx_destroy(CUcontext c)
@@ -118,6 +118,17 @@ void fake_rm_ctx_destroy(CUcontext c)
         rm_free(c->rm_parents[c->rm_count], c->rm_handles[c->rm_count]);
     }
     memset(c->rm_compute_channels, 0, sizeof c->rm_compute_channels);
+    memset(c->rm_copy_channels, 0, sizeof c->rm_copy_channels);
+}
+
+int fake_rm_ctx_copies_stopped(CUcontext c)
+{
+    if (!c || !c->rm_copy_channels[0])
+        return 0;
+    for (int i = 0; i < FAKE_RM_COPY_TSGS; i++)
+        if (fakeRmChannelDisabled(c->rm_copy_channels[i]) != 1)
+            return 0;
+    return 1;
 }
 
 int fake_rm_ctx_frozen(CUcontext c)

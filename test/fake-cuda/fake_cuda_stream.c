@@ -24,7 +24,66 @@ static int g_hold;
 static pthread_once_t g_hook_once = PTHREAD_ONCE_INIT;
 
 static void channel_hook(void) { fake_sched_kick(); }
-static void install_hook(void) { fakeRmSetChannelHook(channel_hook); }
+static void stop_hook(void);
+static void install_hook(void)
+{
+    fakeRmSetChannelHook(channel_hook);
+    fakeRmSetStopHook(stop_hook);
+}
+
+/* Contexts of the copies and memsets running right now (g_sched). */
+#define MAX_IN_FLIGHT 256
+static CUcontext g_in_flight[MAX_IN_FLIGHT];
+
+static int stopped_op_running(void)
+{
+    for (int i = 0; i < MAX_IN_FLIGHT; i++)
+        if (g_in_flight[i] && fake_rm_ctx_copies_stopped(g_in_flight[i]))
+            return 1;
+    return 0;
+}
+
+/* Caller holds g_sched; -1 when every slot is taken. */
+static int take_slot(CUcontext c)
+{
+    for (int i = 0; i < MAX_IN_FLIGHT; i++)
+        if (!g_in_flight[i]) {
+            g_in_flight[i] = c;
+            return i;
+        }
+    return -1;
+}
+
+static void stop_hook(void)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10; /* never hang a test: a real RM preempt times out too */
+    pthread_mutex_lock(&g_sched);
+    while (stopped_op_running())
+        if (pthread_cond_timedwait(&g_sched_cv, &g_sched, &deadline) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&g_sched);
+}
+
+int fake_data_op_begin(CUcontext c)
+{
+    pthread_once(&g_hook_once, install_hook);
+    pthread_mutex_lock(&g_sched);
+    int slot;
+    while (fake_rm_ctx_copies_stopped(c) || (slot = take_slot(c)) < 0)
+        pthread_cond_wait(&g_sched_cv, &g_sched);
+    pthread_mutex_unlock(&g_sched);
+    return slot;
+}
+
+void fake_data_op_end(int slot)
+{
+    pthread_mutex_lock(&g_sched);
+    g_in_flight[slot] = NULL;
+    pthread_cond_broadcast(&g_sched_cv);
+    pthread_mutex_unlock(&g_sched);
+}
 
 void fake_sched_kick(void)
 {
@@ -101,6 +160,8 @@ static int head_runnable(CUstream s)
         return event_reached(op);
     if (op->kind == OP_KERNEL)
         return !fake_rm_ctx_frozen(s->ctx);
+    if (op->kind == OP_COPY)
+        return !fake_rm_ctx_copies_stopped(s->ctx);
     return 1;
 }
 
@@ -174,12 +235,19 @@ static void *worker_main(void *arg)
         if (s->dying || (s->destroying && !s->head))
             break;
         fake_op_t *op = s->head;
+        int slot = op->kind == OP_COPY ? take_slot(s->ctx) : -1;
+        if (op->kind == OP_COPY && slot < 0) {
+            pthread_cond_wait(&g_sched_cv, &g_sched);
+            continue;
+        }
         s->head = op->next;
         if (!s->head)
             s->tail = NULL;
         pthread_mutex_unlock(&g_sched);
         execute(op);
         pthread_mutex_lock(&g_sched);
+        if (slot >= 0)
+            g_in_flight[slot] = NULL;
         finish(op);
         s->completed++;
         pthread_cond_broadcast(&g_sched_cv);

@@ -107,6 +107,20 @@ API void fakeRmRegisterFd(int fd)
 
 API void fakeRmSetChannelHook(void (*hook)(void)) { atomic_store(&g_channel_hook, hook); }
 
+/* Called after a control that must not answer while stopped channels still run work: a TSG preempt
+ * with bWait, or a disable-channels without bOnlyDisableScheduling (the RM preempts them itself). */
+static void (*_Atomic g_stop_hook)(void);
+API void fakeRmSetStopHook(void (*hook)(void)) { atomic_store(&g_stop_hook, hook); }
+
+static int waits_for_stop(const rm_nvos54_t *c, const unsigned char *sent, size_t nsent)
+{
+    if (c->cmd == RM_CMD_TSG_PREEMPT)
+        return nsent >= 1 && sent[0] == 1;
+    if (c->cmd == RM_CMD_DISABLE_CHANNELS)
+        return nsent > 8 && sent[0] == 1 && sent[8] == 0;
+    return 0;
+}
+
 /* ---- object table (callers hold g_lock) ---- */
 
 static rm_object_t *find_object(uint32_t handle)
@@ -365,6 +379,9 @@ static int handle_control(int fd, unsigned size, void *arg)
     void (*hook)(void) = atomic_load(&g_channel_hook);
     if (changed && hook)
         hook();
+    void (*stop_hook)(void) = atomic_load(&g_stop_hook);
+    if (status == NV_OK && stop_hook && waits_for_stop(c, sent, nsent))
+        stop_hook();
     return 0;
 }
 

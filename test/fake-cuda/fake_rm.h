@@ -18,6 +18,9 @@ int fakeRmChannelDisabled(unsigned hChannel);
 unsigned long fakeRmControlCount(unsigned cmd);
 /* Called (outside the RM lock) whenever a disable-channels control changed state. */
 void fakeRmSetChannelHook(void (*hook)(void));
+/* Called (outside the RM lock) after a preempt with bWait or a preempting disable: it returns once
+ * no operation of a stopped context is still running, as the real RM answers only then. */
+void fakeRmSetStopHook(void (*hook)(void));
 
 #ifdef __cplusplus
 }
