@@ -30,7 +30,8 @@
 
 #define MS 1000000ull
 #define REAP_INTERVAL_NS (100 * MS)   /* how often a held process checks that the busy peer is alive */
-#define RETURN_QUIET_NS (1000 * MS)   /* no need posted for this long before lent memory comes back */
+#define RETURN_QUIET_NS (1000 * MS)
+#define NEED_SLACK (64ull << 20) /* free memory a waiting allocation wants beyond its own size */   /* no need posted for this long before lent memory comes back */
 #define RETURN_HEADROOM (1ull << 30)  /* kept free on the GPU when taking lent memory back */
 
 _Atomic uint32_t gvm_policy_latency_mask;
@@ -229,7 +230,9 @@ bool gvm_policy_need_memory(int gpu, uint64_t bytes) {
   for (int i = 0; i < GVM_BOARD_SLOTS && !lender; i++)
     lender = i != slots[gpu] && GVM_LOAD(&b->slot[i].pid) && GVM_LOAD(&b->slot[i].klass) == GVM_CLASS_BEST_EFFORT;
   if (!lender) return false;
-  __atomic_add_fetch(&s->memory_need, bytes, __ATOMIC_ACQ_REL);
+  /* ask for what we wait for: the allocation and the slack the driver needs beside it (asking for the
+   * allocation alone left the GPU short of the slack, and the wait ran to its deadline) */
+  __atomic_add_fetch(&s->memory_need, bytes + NEED_SLACK, __ATOMIC_ACQ_REL);
   GVM_ADD(&gvm_block->gpu[gpu].policy.memory_waits, 1);
   note_event(gpu, GVM_EVENT_MEM_NEED, 0, bytes);
   board_changed(b);
@@ -240,7 +243,7 @@ bool gvm_policy_need_memory(int gpu, uint64_t bytes) {
     nanosleep(&ts, NULL);
     size_t free_bytes = 0, total = 0;
     /* the driver's own numbers: our hook would clip them to our limit */
-    if (GVM_REAL(cuMemGetInfo_v2, &free_bytes, &total) == CUDA_SUCCESS && free_bytes >= bytes + (64ull << 20)) {
+    if (GVM_REAL(cuMemGetInfo_v2, &free_bytes, &total) == CUDA_SUCCESS && free_bytes >= bytes + NEED_SLACK) {
       ok = true;
       break;
     }
