@@ -196,7 +196,7 @@ for (const mode of ['oom', 'swap'] as const) {
   t.test(`${mode} mode: the limit changed every few ms while 4 threads allocate, fill, check and free (test/gpu/limit_race.c)`, async (t) => {
     const shm = tmpShm(t);
     const bin = path.join(FAKE, 'bin', 'gvm-limit-race');
-    const r = spawnSync(bin, ['4', '512'], {
+    const r = spawnSync(bin, ['6', '256'], {
       encoding: 'utf8',
       env: env(shm, { GVM_MEMORY_MODE: mode, GVM_RM_ANY_DRIVER: '1' }),
       timeout: 90000,
@@ -210,6 +210,30 @@ for (const mode of ['oom', 'swap'] as const) {
     t.ok(lines.includes('0 failure(s)'));
   });
 }
+
+t.test('swap mode: a frozen process is moved to the host and back while it stays frozen', async (t) => {
+  const shm = tmpShm(t);
+  const prog = new Prog(t, shm, ['swap', 'seed=3', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });
+  const total = Number((await prog.line('READY')).split(' ')[2]);
+  using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
+  const g = p.gpu(0);
+  await g.freeze();
+  t.equal(g.compute.frozen, true);
+  // the application's own copies wait while it is frozen (its copy channels are stopped too)
+  const mark = prog.lines.length;
+  prog.child.stdin.write('verify\n');
+  await new Promise((r) => setTimeout(r, 300));
+  t.notOk(prog.lines.slice(mark).some((l) => l.startsWith('VERIFIED')), "the frozen process's own read did not run");
+  const out = await g.setMemoryLimit(2 * MiB);
+  t.match(out.message, /limit set/);
+  t.ok(g.memory.swapCurrent >= total - 2 * MiB, `moved out while frozen (${g.memory.swapCurrent} of ${total} bytes on the host)`);
+  t.equal(g.compute.frozen, true, 'still frozen after the move');
+  await g.setMemoryLimit(total);
+  t.same([g.memory.current, g.memory.swapCurrent], [total, 0], 'and back, still frozen');
+  t.equal(g.compute.frozen, true);
+  await g.thaw();
+  t.equal(await prog.line('VERIFIED', mark), 'VERIFIED ok 6', 'after the thaw its read ran and found every byte');
+});
 
 t.test('swap mode under injected driver failures (maps, access, copies): nothing lost, nothing counted twice', async (t) => {
   const shm = tmpShm(t);
