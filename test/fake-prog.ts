@@ -46,7 +46,7 @@ export class Prog {
       const found = this.lines.slice(from).find((l) => l.startsWith(prefix));
       if (found !== undefined) return found;
       if (this.child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`no '${prefix}' line; got: ${this.lines.join(' | ')}`);
+        throw new Error(`no '${prefix}' line; got: ${this.lines.join(' | ')} ${this.stderr}`);
       }
       await new Promise<void>((r) => {
         this.#waiters.push(r);
@@ -63,29 +63,40 @@ export class Prog {
     this.child.stdin.write(`${cmd}\n`);
     return mark;
   }
+  /** Sends a command and waits for its answer line. */
+  async ask(cmd: string, prefix: string): Promise<string> {
+    return this.line(prefix, this.send(cmd));
+  }
 }
 
-export function start(t: Teardown, shm: string, binder: string, scenario: string, env: NodeJS.ProcessEnv = {}): Prog {
-  const child = spawn(path.join(FAKE, 'bin', `gvm-prog-${binder}`), scenario.split(' '), {
-    env: {
-      ...process.env,
-      LD_PRELOAD: `${AGENT}:${FAKE_RM}`,
-      LD_LIBRARY_PATH: FAKE,
-      GVM_SHM_DIR: shm,
-      GVM_EVENT_INTERVAL_MS: '1',
-      GVM_LOG: 'warn',
-      ...env,
-    },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+/** The environment of a fake-driver program: the fake libcuda and RM, the agent unless agent=false. */
+export function fakeEnv(shm: string, extra: NodeJS.ProcessEnv = {}, agent = true): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    LD_PRELOAD: agent ? `${AGENT}:${FAKE_RM}` : FAKE_RM,
+    LD_LIBRARY_PATH: FAKE,
+    GVM_SHM_DIR: shm,
+    GVM_EVENT_INTERVAL_MS: '1',
+    GVM_LOG: 'warn',
+    ...extra,
+  };
+}
+
+/** Starts build/fake/bin/NAME; it is killed when the test ends (its stderr shown if it said FAIL). */
+export function spawnFake(t: Teardown, name: string, args: string[], env: NodeJS.ProcessEnv): Prog {
+  const child = spawn(path.join(FAKE, 'bin', name), args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
   const prog = new Prog(child);
   child.stderr.on('data', (d: Buffer) => (prog.stderr += d.toString()));
   t.teardown(async () => {
     if (child.exitCode === null) child.kill('SIGKILL');
     await prog.exited;
-    if (prog.stderr.includes('FAIL')) t.comment(`stderr of ${binder} ${scenario}: ${prog.stderr}`);
+    if (prog.stderr.includes('FAIL')) t.comment(`stderr of ${name} ${args.join(' ')}: ${prog.stderr}`);
   });
   return prog;
+}
+
+export function start(t: Teardown, shm: string, binder: string, scenario: string, env: NodeJS.ProcessEnv = {}): Prog {
+  return spawnFake(t, `gvm-prog-${binder}`, scenario.split(' '), fakeEnv(shm, env));
 }
 
 /** Polls until fn() is true (the event thread publishes every few ms); false after 5 s. */

@@ -4,78 +4,27 @@
 // changes, and CUDA IPC of swap-mode ranges between two processes. The scenarios live in
 // test/fake-cuda/progs/memory_prog.c (gvm-memory-prog), which compares gvm's control block with
 // its own bookkeeping and with the driver after every step and prints BAD on any difference.
-import { ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { RELEASE, ROOT, tmpShm } from './helpers';
+import { AGENT, FAKE, FAKE_RM, Prog, fakeEnv, spawnFake } from './fake-prog';
+import { tmpShm } from './helpers';
 
-const FAKE = path.join(ROOT, 'build', 'fake');
 const PROG = path.join(FAKE, 'bin', 'gvm-memory-prog');
-const AGENT = path.join(RELEASE, 'libgvm.so');
-const FAKE_RM = path.join(FAKE, 'libgvmfakerm.so');
 const MiB = 1 << 20;
-
-function env(shm: string, extra: NodeJS.ProcessEnv = {}, agent = true): NodeJS.ProcessEnv {
-  return {
-    ...process.env,
-    LD_PRELOAD: agent ? `${AGENT}:${FAKE_RM}` : FAKE_RM,
-    LD_LIBRARY_PATH: FAKE,
-    GVM_SHM_DIR: shm,
-    GVM_EVENT_INTERVAL_MS: '1',
-    GVM_LOG: 'warn',
-    ...extra,
-  };
-}
 
 /** Runs a scenario to its end; returns stdout lines and the exit status. */
 function runProg(shm: string, args: string[], extra: NodeJS.ProcessEnv = {}) {
-  const r = spawnSync(PROG, args, { encoding: 'utf8', env: env(shm, extra), timeout: 60000 });
+  const r = spawnSync(PROG, args, { encoding: 'utf8', env: fakeEnv(shm, extra), timeout: 60000 });
   return { status: r.status, lines: r.stdout.split('\n').filter(Boolean), stderr: r.stderr };
 }
 
-class Prog {
-  readonly lines: string[] = [];
-  stderr = '';
-  readonly exited: Promise<number | null>;
-  #waiters: Array<() => void> = [];
-  readonly child: ChildProcessWithoutNullStreams;
-  constructor(t: Tap.Test, shm: string, args: string[], extra: NodeJS.ProcessEnv = {}, agent = true) {
-    this.child = spawn(PROG, args, { env: env(shm, extra, agent), stdio: ['pipe', 'pipe', 'pipe'] });
-    readline.createInterface({ input: this.child.stdout }).on('line', (l) => {
-      this.lines.push(l);
-      this.#waiters.splice(0).forEach((w) => w());
-    });
-    this.child.stderr.on('data', (d: Buffer) => (this.stderr += d.toString()));
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
-    this.child.on('exit', () => this.#waiters.splice(0).forEach((w) => w()));
-    t.teardown(async () => {
-      if (this.child.exitCode === null) this.child.kill('SIGKILL');
-      await this.exited;
-    });
-  }
-  async line(prefix: string, from = 0): Promise<string> {
-    const deadline = Date.now() + 20000;
-    for (;;) {
-      const found = this.lines.slice(from).find((l) => l.startsWith(prefix));
-      if (found !== undefined) return found;
-      if (this.child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`no '${prefix}' line; got: ${this.lines.join(' | ')} ${this.stderr}`);
-      }
-      await new Promise<void>((r) => {
-        this.#waiters.push(r);
-        setTimeout(r, 200);
-      });
-    }
-  }
-  async ask(cmd: string, prefix: string): Promise<string> {
-    const mark = this.lines.length;
-    this.child.stdin.write(`${cmd}\n`);
-    return this.line(prefix, mark);
-  }
+/** gvm-memory-prog with a scenario, driven over stdin (see test/fake-prog.ts). */
+function memProg(t: Tap.Test, shm: string, args: string[], extra: NodeJS.ProcessEnv = {}, agent = true): Prog {
+  return spawnFake(t, 'gvm-memory-prog', args, fakeEnv(shm, extra, agent));
 }
 
 /** A small seeded generator (mulberry32), so a failing sequence can be replayed. */
@@ -167,7 +116,7 @@ for (const [what, tuning, steps] of [
 ] as const) {
   t.test(`swap mode (${what}): every byte survives a random sequence of limit changes and writes`, async (t) => {
     const shm = tmpShm(t);
-    const prog = new Prog(t, shm, ['swap', 'seed=5', 'count=8'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', ...tuning });
+    const prog = memProg(t, shm, ['swap', 'seed=5', 'count=8'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', ...tuning });
     const [, , totalStr] = (await prog.line('READY')).split(' ');
     const total = Number(totalStr);
     using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
@@ -198,7 +147,7 @@ for (const mode of ['oom', 'swap'] as const) {
     const bin = path.join(FAKE, 'bin', 'gvm-limit-race');
     const r = spawnSync(bin, ['6', '256'], {
       encoding: 'utf8',
-      env: env(shm, { GVM_MEMORY_MODE: mode, GVM_RM_ANY_DRIVER: '1' }),
+      env: fakeEnv(shm, { GVM_MEMORY_MODE: mode, GVM_RM_ANY_DRIVER: '1' }),
       timeout: 90000,
     });
     t.equal(r.status, 0, `${r.stdout}${r.stderr}`);
@@ -213,7 +162,7 @@ for (const mode of ['oom', 'swap'] as const) {
 
 t.test('swap mode: a frozen process is moved to the host and back while it stays frozen', async (t) => {
   const shm = tmpShm(t);
-  const prog = new Prog(t, shm, ['swap', 'seed=3', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });
+  const prog = memProg(t, shm, ['swap', 'seed=3', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });
   const total = Number((await prog.line('READY')).split(' ')[2]);
   using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
   const g = p.gpu(0);
@@ -239,7 +188,7 @@ t.test('swap mode under injected driver failures (maps, access, copies): nothing
   const shm = tmpShm(t);
   // every 4th cuMemSetAccess, every 5th cuMemMap and every 3rd cuMemcpyAsync fail: staging, second
   // mappings, remaps and copies each fail somewhere in the sequence, on both sides of the window
-  const prog = new Prog(t, shm, ['swap', 'seed=11', 'count=8'], {
+  const prog = memProg(t, shm, ['swap', 'seed=11', 'count=8'], {
     GVM_MEMORY_MODE: 'swap',
     GVM_RM_ANY_DRIVER: '1',
     FAKE_CUDA_FAIL: 'cuMemSetAccess:4,cuMemMap:5,cuMemcpyAsync:3',
@@ -271,7 +220,7 @@ t.test('swap mode under injected driver failures (maps, access, copies): nothing
 
 t.test('swap mode: stream-ordered pool memory past the limit is admitted; movable ranges make room, then come back', async (t) => {
   const shm = tmpShm(t);
-  const prog = new Prog(t, shm, ['swap', 'seed=9', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });
+  const prog = memProg(t, shm, ['swap', 'seed=9', 'count=6'], { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1' });
   const total = Number((await prog.line('READY')).split(' ')[2]);
   using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
   const g = p.gpu(0);
@@ -293,7 +242,7 @@ t.test('swap mode: stream-ordered pool memory past the limit is admitted; movabl
 t.test('CUDA IPC of a swap-mode range: pinned on the GPU, shared bytes both ways, other handles untouched', async (t) => {
   const shm = tmpShm(t);
   const swapEnv = { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_MEMORY_LIMIT: String(16 * MiB) };
-  const exporter = new Prog(t, shm, ['ipc-export', 'mib=64'], swapEnv);
+  const exporter = memProg(t, shm, ['ipc-export', 'mib=64'], swapEnv);
   const handleLine = await exporter.line('HANDLE');
   const handle = handleLine.split(' ')[1]!;
   t.match(handle, /^67766d2d69706301/, "gvm's marker leads the handle");
@@ -307,7 +256,7 @@ t.test('CUDA IPC of a swap-mode range: pinned on the GPU, shared bytes both ways
   t.ok(fs.existsSync(path.join(shm, `.${exporter.child.pid}.ipc`)), "the exporter's agent serves descriptors");
   t.equal((fs.statSync(path.join(shm, `.${exporter.child.pid}.ipc`)).mode & 0o777).toString(8), '600', 'to its user only');
 
-  const importer = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`], { GVM_MEMORY_MODE: 'swap' });
+  const importer = memProg(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`], { GVM_MEMORY_MODE: 'swap' });
   t.equal(await importer.line('OPENED'), 'OPENED 0', 'another process under the agent opens it');
   t.equal(await importer.line('VERIFIED'), 'VERIFIED ok', "and reads the exporter's bytes");
   t.equal(await importer.line('WRITTEN'), 'WRITTEN ok');
@@ -315,17 +264,17 @@ t.test('CUDA IPC of a swap-mode range: pinned on the GPU, shared bytes both ways
   t.equal(await importer.exited, 0);
   t.equal(await exporter.ask('verify 2', 'VERIFIED'), 'VERIFIED ok', "the exporter sees the importer's bytes");
 
-  const again = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`]);
+  const again = memProg(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`]);
   t.equal(await again.line('OPENED'), 'OPENED 0', 'a handle opens again (and in an oom-mode process)');
   t.equal(await again.line('VERIFIED'), 'VERIFIED bad', 'seeing the current bytes (generation 2), not generation 1');
   await again.exited;
 
-  const bare = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`], {}, false);
+  const bare = memProg(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`], {}, false);
   t.equal(await bare.line('OPENED'), 'OPENED 1', "without the agent: the driver's error for a handle it does not know");
   await bare.exited;
 
   t.equal(await exporter.ask('free', 'FREED'), 'FREED 0');
-  const stale = new Prog(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`]);
+  const stale = memProg(t, shm, ['ipc-import', 'mib=64', `handle=${handle}`]);
   t.equal(await stale.line('OPENED'), 'OPENED 1', 'once freed, its handle opens nothing');
   await stale.exited;
   exporter.child.stdin.write('exit\n');

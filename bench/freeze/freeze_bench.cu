@@ -7,20 +7,16 @@
 // Run:   LD_PRELOAD=build/Release/libgvm.so ./freeze_bench [cycles] [json-out]
 #include <cuda.h>
 #include <cuda_runtime.h>
-#include <fcntl.h>
-#include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <algorithm>
 #include <thread>
 #include <vector>
 
-#include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 // runs until the host sets *stop, so frozen time never eats into its budget
 __global__ void bump(volatile unsigned long long *counter, volatile int *stop, unsigned long long *out) {
@@ -39,21 +35,16 @@ static double now_us() {
   return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+static gvm_self self;
 static gvm_control_block *cb;
 
 static int command(uint32_t key, uint64_t value, char *msg) {
-  gvm_command *c = &cb->command;
-  c->key = key;
-  c->gpu = 0;
-  c->value = value;
-  uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
-  syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
-  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) {
-    timespec ts = {1, 0};
-    syscall(SYS_futex, &c->applied_seq, FUTEX_WAIT, __atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE), &ts, NULL, 0);
+  int st = gvm_self_command(&self, key, 0, value, 60000, msg, GVM_MESSAGE_MAX);
+  if (st < 0) {
+    printf("FAIL no answer to a command in 60 s\n");
+    exit(1);
   }
-  if (msg) strcpy(msg, c->message);
-  return c->status;
+  return st;
 }
 
 static double pct(std::vector<double> v, double p) {
@@ -66,14 +57,11 @@ int main(int argc, char **argv) {
   const char *json = argc > 2 ? argv[2] : NULL;
   cudaSetDevice(0);
   cudaFree(0);
-  char path[64];
-  snprintf(path, sizeof path, "/dev/shm/gvm/%d", getpid());
-  int fd = open(path, O_RDWR);
-  if (fd < 0) {
-    printf("no control block at %s: run under the gvm agent\n", path);
+  if (gvm_self_open(&self) != 0) {
+    printf("no control block: run under the gvm agent\n");
     return 2;
   }
-  cb = (gvm_control_block *)mmap(NULL, sizeof *cb, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  cb = self.cb;
   volatile unsigned long long *counter;
   cudaHostAlloc((void **)&counter, 64, cudaHostAllocMapped);
   unsigned long long *out;

@@ -17,34 +17,17 @@ say() { printf '[swap] %s\n' "$*"; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
-if ! command -v nvidia-smi >/dev/null 2>&1; then
-  echo "SKIP: no NVIDIA GPU (nvidia-smi not found)"; exit 0
-fi
-if ! gpus=$(timeout 60 nvidia-smi -L 2>&1) || ! printf '%s\n' "$gpus" | grep -q '^GPU [0-9]'; then
-  echo "SKIP: no NVIDIA GPU (nvidia-smi lists none: $(printf '%s' "$gpus" | head -n1))"; exit 0
-fi
-say "GPUs: $(printf '%s' "$gpus" | tr '\n' ';')"
+# shellcheck source=bench/lib/gpu.sh
+source "$root/bench/lib/gpu.sh"
+gvm_gpus_or_skip
 
 # shellcheck source=bench/lib/build-agent.sh
 source "$root/bench/lib/build-agent.sh"
 gvm_ensure_agent || exit 1
 
-nvcc=${NVCC:-$(command -v nvcc || true)}
-[ -n "$nvcc" ] || nvcc=/usr/local/cuda/bin/nvcc
-[ -x "$nvcc" ] || { say "ERROR: nvcc not found (set NVCC)"; exit 1; }
-cuda_home=$(cd "$(dirname "$nvcc")/.." && pwd)
-arch=${NVCC_ARCH:-sm_90}
 bin=$root/build/bench/swap_bench
-src=$root/bench/swap/swap_bench.cu
-mkdir -p "$(dirname "$bin")" bench/results
-if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ] || [ include/gvm/control_block.h -nt "$bin" ] || [ ! -f "$bin.arch" ] ||
-   [ "$(cat "$bin.arch")" != "$arch" ]; then
-  say "building $bin with $nvcc (-arch=$arch)"
-  timeout 300 "$nvcc" -O2 -std=c++17 -arch="$arch" -I include -o "$bin" "$src" \
-    -L"$cuda_home/lib64/stubs" -L"$cuda_home/targets/x86_64-linux/lib/stubs" -lcuda \
-    || { say "ERROR: nvcc failed"; exit 1; }
-  echo "$arch" > "$bin.arch"
-fi
+gvm_nvcc_build bench/swap/swap_bench.cu "$bin" include/gvm/control_block.h include/gvm/self_command.h || exit 1
+mkdir -p bench/results
 
 export GVM_SWAP_POOL_MIB=${GVM_SWAP_POOL_MIB:-17408}
 shm=$(mktemp -d /dev/shm/gvm-swap-bench.XXXXXX)

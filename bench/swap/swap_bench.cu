@@ -21,15 +21,11 @@
 #include <cuda_runtime.h>
 #include <errno.h>
 #include <stdarg.h>
-#include <fcntl.h>
-#include <linux/futex.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,7 +34,7 @@
 #include <string>
 #include <vector>
 
-#include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 #define CU(call)                                                                 \
   do {                                                                           \
@@ -253,38 +249,18 @@ static void *watchdog(void *) {
 }
 
 // ---- the process's own control block ----
+static gvm_self g_self;
 static gvm_control_block *g_cb;
 
-static bool open_block() {
-  char path[320];
-  const char *dir = getenv("GVM_SHM_DIR");
-  snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid());
-  int fd = open(path, O_RDWR);
-  if (fd < 0) return false;
-  void *m = mmap(nullptr, sizeof *g_cb, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (m == MAP_FAILED) return false;
-  g_cb = (gvm_control_block *)m;
-  return true;
-}
-
 static double set_limit(uint64_t bytes, std::string *msg) {
-  gvm_command *c = &g_cb->command;
+  char text[GVM_MESSAGE_MAX];
   double t0 = now_ms();
-  c->key = GVM_KEY_MEMORY_LIMIT;
-  c->gpu = 0;
-  c->value = bytes;
-  uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
-  syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, nullptr, nullptr, 0);
-  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) {
-    usleep(50);
-    if (now_ms() - t0 > 120000) {
-      fprintf(stderr, "FAIL no answer to the limit command in 120 s\n");
-      exit(1);
-    }
+  if (gvm_self_command(&g_self, GVM_KEY_MEMORY_LIMIT, 0, bytes, 120000, text, sizeof text) < 0) {
+    fprintf(stderr, "FAIL no answer to the limit command in 120 s\n");
+    exit(1);
   }
   double ms = now_ms() - t0;
-  if (msg) *msg = c->message;
+  if (msg) *msg = text;
   return ms;
 }
 
@@ -337,8 +313,8 @@ static int run_one(uint64_t bytes, uint64_t buf_bytes, int rounds, bool managed)
 
   std::vector<round_result> gvm_rounds, managed_rounds;
   const char *gvm_skip = nullptr;
-  if (!open_block()) gvm_skip = "no control block: not running under the agent";
-  else if (g_cb->gpu[0].memory_mode != GVM_MEMORY_MODE_SWAP) gvm_skip = "not in swap mode (GVM_MEMORY_MODE=swap)";
+  if (gvm_self_open(&g_self) != 0) gvm_skip = "no control block: not running under the agent";
+  else if ((g_cb = g_self.cb)->gpu[0].memory_mode != GVM_MEMORY_MODE_SWAP) gvm_skip = "not in swap mode (GVM_MEMORY_MODE=swap)";
   if (gvm_skip) fprintf(stderr, "gvm part skipped: %s\n", gvm_skip);
 
   if (!gvm_skip) {

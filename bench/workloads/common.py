@@ -73,6 +73,26 @@ class StepLog:
         os.replace(tmp, self.path)
 
 
+def train(step_loss, opt, a, steps, ballast):
+    """The best-effort jobs' loop: step_loss() computes one batch's loss; backward, optimizer step, the
+    step's end logged, ready once three steps ran (warm), until SIGTERM; then the ballast is verified and
+    the log written. a: the parsed options (batch, ready, ballast_gb)."""
+    losses = []
+    while not steps.stop:
+        loss = step_loss()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))  # syncs: the step is over
+        steps.step(a.batch)
+        if len(losses) == 3:
+            ready_file(a.ready)
+    ok = ballast.verify()
+    steps.write(losses=losses[-5:], ballast_ok=ok, ballast_gb=a.ballast_gb)
+    last = f"{losses[-1]:.4f}" if losses else "-"
+    log(f"{len(losses)} steps, last loss {last}, ballast {'intact' if ok else 'CORRUPT'}")
+
+
 def ready_file(path):
     """Tells the orchestrator this process is up: its pid (the one gvm's block carries) and the time."""
     if path:

@@ -7,7 +7,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Ballast, StepLog, log, random_llama, ready_file  # noqa: E402
+from common import Ballast, StepLog, random_llama, train  # noqa: E402
 
 
 def main():
@@ -29,20 +29,12 @@ def main():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     g = torch.Generator(device="cuda").manual_seed(0)
     steps = StepLog(a.out, {"job": "lora", "batch": a.batch, "seq": a.seq})
-    losses = []
-    while not steps.stop:
+
+    def step_loss():
         x = torch.randint(0, 32000, (a.batch, a.seq), device="cuda", generator=g)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))  # syncs: the step is over
-        steps.step(a.batch)
-        if len(losses) == 3:
-            ready_file(a.ready)
-    ok = ballast.verify()
-    steps.write(losses=losses[-5:], ballast_ok=ok, ballast_gb=a.ballast_gb)
-    log(f"{len(losses)} steps, last loss {losses[-1]:.3f}, ballast {'intact' if ok else 'CORRUPT'}")
+        return model(input_ids=x, labels=x).loss
+
+    train(step_loss, opt, a, steps, ballast)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Ballast, StepLog, log, ready_file  # noqa: E402
+from common import Ballast, StepLog, train  # noqa: E402
 
 
 def time_embedding(t, dim):
@@ -102,8 +102,8 @@ def main():
     abar = torch.cumprod(1 - betas, 0)
     data = torch.randn(1024, 3, a.size, a.size, device="cuda")
     steps = StepLog(a.out, {"job": "unet", "batch": a.batch, "size": a.size})
-    losses = []
-    while not steps.stop:
+
+    def step_loss():
         idx = torch.randint(0, data.shape[0], (a.batch,), device="cuda")
         x0 = data[idx]
         t = torch.randint(0, 1000, (a.batch,), device="cuda")
@@ -111,17 +111,9 @@ def main():
         ab = abar[t][:, None, None, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.mse_loss(model(xt, t).float(), noise)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        steps.step(a.batch)
-        if len(losses) == 3:
-            ready_file(a.ready)
-    ok = ballast.verify()
-    steps.write(losses=losses[-5:], ballast_ok=ok, ballast_gb=a.ballast_gb)
-    log(f"{len(losses)} steps, last loss {losses[-1]:.4f}, ballast {'intact' if ok else 'CORRUPT'}")
+            return F.mse_loss(model(xt, t).float(), noise)
+
+    train(step_loss, opt, a, steps, ballast)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,18 @@
 static inline long gvm_futex(void *addr, int op, uint32_t val, const struct timespec *ts) {
   return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
 }
+/* CLOCK_REALTIME ms from now: the deadline of a pthread_timedjoin_np at exit. */
+static inline struct timespec gvm_realtime_in_ms(long ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
 #define GVM_LIKELY(x) __builtin_expect(!!(x), 1)
 #define GVM_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

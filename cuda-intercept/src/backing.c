@@ -156,27 +156,22 @@ CUresult gvm_backing_create(int device, uint64_t size, bool on_device, CUmemGene
   return create(device, size, on_device, handle);
 }
 
-CUresult gvm_backing_stage(int device, uint64_t size, CUmemGenericAllocationHandle *handle, CUdeviceptr *va) {
-  CUresult r = gvm_backing_create(device, size, false, handle);
-  if (r != CUDA_SUCCESS) return r;
-  pthread_mutex_lock(&pool_lock);
-  struct stage_entry *e = stage_of(*handle);
-  bool ready = e && e->device == device;
-  if (ready) *va = e->va;
-  pthread_mutex_unlock(&pool_lock);
-  if (ready) return CUDA_SUCCESS;
-  if (e) unstage(*handle); /* staged for another GPU */
-  r = stage(device, size, *handle, va);
-  if (r != CUDA_SUCCESS) gvm_backing_give_back(*handle, size, false);
-  return r;
-}
-
 CUdeviceptr gvm_backing_staged_at(CUmemGenericAllocationHandle handle, int device) {
   pthread_mutex_lock(&pool_lock);
   struct stage_entry *e = stage_of(handle);
   CUdeviceptr va = e && e->device == device ? e->va : 0;
   pthread_mutex_unlock(&pool_lock);
   return va;
+}
+
+CUresult gvm_backing_stage(int device, uint64_t size, CUmemGenericAllocationHandle *handle, CUdeviceptr *va) {
+  CUresult r = gvm_backing_create(device, size, false, handle);
+  if (r != CUDA_SUCCESS) return r;
+  if ((*va = gvm_backing_staged_at(*handle, device)) != 0) return CUDA_SUCCESS;
+  unstage(*handle); /* staged for another GPU, if at all */
+  r = stage(device, size, *handle, va);
+  if (r != CUDA_SUCCESS) gvm_backing_give_back(*handle, size, false);
+  return r;
 }
 
 void gvm_backing_prestage(int device) {

@@ -264,6 +264,7 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
   if (!freeze) {
     if (soft && policy_hold[gpu] != 2) soft_thaw(gpu);
     struct gvm_rm_target t;
+    snprintf(msg, room, "thawed");
     if (!soft && !channels_held(gpu) && gvm_rm_snapshot(gpu, &t) && t.nchan > 0) {
       uint64_t t0 = gvm_now_ns();
       uint32_t st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
@@ -271,13 +272,10 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
         snprintf(msg, room, "enable channels failed: RM status %#x", st);
         return GVM_STATUS_DRIVER;
       }
-      GVM_STORE(&b->frozen, 0u);
       /* the RM control's own time, apart from the command's delivery: where a slow thaw is spent */
       snprintf(msg, room, "thawed: %u channels enabled in %.2f ms", t.nchan, (double)(gvm_now_ns() - t0) / 1e6);
-      return GVM_STATUS_OK;
     }
     GVM_STORE(&b->frozen, 0u);
-    snprintf(msg, room, "thawed");
     return GVM_STATUS_OK;
   }
   if (!driver_verified()) return soft_freeze(gpu, msg, room, "driver not verified for RM controls");

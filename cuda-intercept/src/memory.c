@@ -158,6 +158,11 @@ static bool swap_mode(int gpu) {
   return valid_gpu(gpu) && gvm_block && GVM_LOAD(&gvm_block->gpu[gpu].memory_mode) == GVM_MEMORY_MODE_SWAP;
 }
 
+/* Swap mode admitted memory that cannot move past the limit: the mover moves movable ranges out. */
+static void make_room_if_over(int gpu) {
+  if (swap_mode(gpu) && gvm_memory_current(gpu) > gvm_memory_limit(gpu)) gvm_swap_kick();
+}
+
 static CUresult swap_alloc(CUdeviceptr *dptr, uint64_t size, int gpu) {
   struct gvm_gpu_state *g = &gvm_gpus[gpu];
   uint64_t rounded = (size + GVM_BACKING_GRANULE - 1) & ~(GVM_BACKING_GRANULE - 1);
@@ -344,7 +349,7 @@ static CUresult device_alloc(CUdeviceptr *dptr, uint64_t size, CUresult (*call)(
     remember((uint64_t)*dptr, size, gpu, GVM_ALLOC_DEVICE, 0);
   }
   gvm_publish_memory(gpu);
-  if (plain_in_swap && r == CUDA_SUCCESS && gvm_memory_current(gpu) > gvm_memory_limit(gpu)) gvm_swap_kick();
+  if (plain_in_swap && r == CUDA_SUCCESS) make_room_if_over(gpu);
   return r;
 }
 
@@ -425,36 +430,6 @@ CUresult gvm_hook_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned
   return r;
 }
 
-CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
-  struct gvm_alloc a;
-  bool known = active() && dptr && forget((uint64_t)dptr, &a);
-  if (known && a.kind == GVM_ALLOC_SWAPPABLE && a.pinned) gvm_ipc_forget((uint64_t)dptr);
-  CUresult r = known && a.kind == GVM_ALLOC_SWAPPABLE ? gvm_backing_free(dptr, a.size, (CUmemGenericAllocationHandle)a.aux, a.on_device)
-                                                      : GVM_REAL(cuMemFree_v2, dptr);
-  if (!known) return r;
-  if (r == CUDA_SUCCESS) {
-    release_counts(&a);
-    if (a.kind == GVM_ALLOC_ASYNC) gvm_monitor_kick();
-    if (swap_mode(a.gpu) && atomic_load(&gvm_gpus[a.gpu].swap_bytes) > 0) gvm_swap_kick(); /* room to move back */
-    gvm_publish_memory(a.gpu);
-  } else {
-    pthread_mutex_lock(&allocations.lock); /* the free failed: the allocation is still alive */
-    gvm_registry_put(&allocations, (uint64_t)dptr, &a);
-    pthread_mutex_unlock(&allocations.lock);
-  }
-  return r;
-}
-
-/* ---- host memory ---- */
-static void host_allocated(CUresult r, void *p, size_t size, int kind) {
-  if (r != CUDA_SUCCESS || !active() || !p) return;
-  int gpu = gvm_current_gpu();
-  if (gpu < 0) gpu = 0; /* pinned memory is process-wide; shown under the current or first GPU */
-  atomic_fetch_add(&gvm_gpus[gpu].host_bytes, size);
-  remember((uint64_t)(uintptr_t)p, size, gpu, kind, 0);
-  gvm_publish_memory(gpu);
-}
-
 /*
  * A free forgets the allocation before the driver frees it: once freed, the driver may hand the same
  * address to another thread at once, whose allocation must not be taken for this one. Where the free
@@ -474,12 +449,37 @@ static void settle_free(CUresult r, bool known, uint64_t key, const struct gvm_a
   gvm_publish_memory(a->gpu);
 }
 
-#define HOST_FREE(sym, p)                                              \
-  struct gvm_alloc a;                                                  \
-  bool known = forget_before_free((uint64_t)(uintptr_t)(p), &a);       \
-  CUresult r = GVM_REAL(sym, p);                                       \
-  settle_free(r, known, (uint64_t)(uintptr_t)(p), &a);                 \
+/* The body of a free hook whose allocation is known by `key`; the driver call takes the hook's arguments. */
+#define FREE_FORGETTING_FIRST(sym, key, ...)                  \
+  struct gvm_alloc a;                                         \
+  bool known = forget_before_free((uint64_t)(key), &a);       \
+  CUresult r = GVM_REAL(sym, __VA_ARGS__);                    \
+  settle_free(r, known, (uint64_t)(key), &a);                 \
   return r
+
+CUresult gvm_hook_cuMemFree_v2(CUdeviceptr dptr) {
+  struct gvm_alloc a;
+  bool known = active() && dptr && forget((uint64_t)dptr, &a);
+  if (known && a.kind == GVM_ALLOC_SWAPPABLE && a.pinned) gvm_ipc_forget((uint64_t)dptr);
+  CUresult r = known && a.kind == GVM_ALLOC_SWAPPABLE ? gvm_backing_free(dptr, a.size, (CUmemGenericAllocationHandle)a.aux, a.on_device)
+                                                      : GVM_REAL(cuMemFree_v2, dptr);
+  settle_free(r, known, (uint64_t)dptr, &a);
+  if (known && r == CUDA_SUCCESS) {
+    if (a.kind == GVM_ALLOC_ASYNC) gvm_monitor_kick();
+    if (swap_mode(a.gpu) && atomic_load(&gvm_gpus[a.gpu].swap_bytes) > 0) gvm_swap_kick(); /* room to move back */
+  }
+  return r;
+}
+
+/* ---- host memory ---- */
+static void host_allocated(CUresult r, void *p, size_t size, int kind) {
+  if (r != CUDA_SUCCESS || !active() || !p) return;
+  int gpu = gvm_current_gpu();
+  if (gpu < 0) gpu = 0; /* pinned memory is process-wide; shown under the current or first GPU */
+  atomic_fetch_add(&gvm_gpus[gpu].host_bytes, size);
+  remember((uint64_t)(uintptr_t)p, size, gpu, kind, 0);
+  gvm_publish_memory(gpu);
+}
 
 CUresult gvm_hook_cuMemAllocHost_v2(void **pp, size_t bytesize) {
   CUresult r = GVM_REAL(cuMemAllocHost_v2, pp, bytesize);
@@ -491,7 +491,7 @@ CUresult gvm_hook_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int flags)
   host_allocated(r, pp ? *pp : NULL, bytesize, GVM_ALLOC_HOST);
   return r;
 }
-CUresult gvm_hook_cuMemFreeHost(void *p) { HOST_FREE(cuMemFreeHost, p); }
+CUresult gvm_hook_cuMemFreeHost(void *p) { FREE_FORGETTING_FIRST(cuMemFreeHost, (uintptr_t)p, p); }
 CUresult gvm_hook_cuMemHostRegister(void *p, size_t bytesize, unsigned int flags) {
   CUresult r = GVM_REAL(cuMemHostRegister, p, bytesize, flags);
   host_allocated(r, p, bytesize, GVM_ALLOC_HOST_REG);
@@ -502,7 +502,7 @@ CUresult gvm_hook_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int fl
   host_allocated(r, p, bytesize, GVM_ALLOC_HOST_REG);
   return r;
 }
-CUresult gvm_hook_cuMemHostUnregister(void *p) { HOST_FREE(cuMemHostUnregister, p); }
+CUresult gvm_hook_cuMemHostUnregister(void *p) { FREE_FORGETTING_FIRST(cuMemHostUnregister, (uintptr_t)p, p); }
 
 /* ---- stream-ordered allocation: pools are measured by their reservation ---- */
 static void pool_track(CUmemoryPool pool, int gpu) {
@@ -599,7 +599,7 @@ static void async_allocated(CUresult r, CUdeviceptr *dptr, size_t size, CUmemory
   if (gvm_capture_active()) gvm_monitor_kick(); /* the event thread measures the pool instead */
   else gvm_pools_refresh();
   gvm_publish_memory(gpu);
-  if (swap_mode(gpu) && gvm_memory_current(gpu) > gvm_memory_limit(gpu)) gvm_swap_kick();
+  make_room_if_over(gpu);
 }
 
 #define ALLOC_ASYNC(sym, pool_expr, ...)                                   \
@@ -625,15 +625,10 @@ CUresult gvm_hook_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesiz
 }
 
 /* the pool keeps the bytes until trimmed; the monitor re-measures it */
-#define ASYNC_FREE(sym, dptr, s)                          \
-  struct gvm_alloc a;                                     \
-  bool known = forget_before_free((uint64_t)(dptr), &a);  \
-  CUresult r = GVM_REAL(sym, dptr, s);                    \
-  settle_free(r, known, (uint64_t)(dptr), &a);            \
-  return r
-
-CUresult gvm_hook_cuMemFreeAsync(CUdeviceptr dptr, CUstream s) { ASYNC_FREE(cuMemFreeAsync, dptr, s); }
-CUresult gvm_hook_cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) { ASYNC_FREE(cuMemFreeAsync_ptsz, dptr, s); }
+CUresult gvm_hook_cuMemFreeAsync(CUdeviceptr dptr, CUstream s) { FREE_FORGETTING_FIRST(cuMemFreeAsync, dptr, dptr, s); }
+CUresult gvm_hook_cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) {
+  FREE_FORGETTING_FIRST(cuMemFreeAsync_ptsz, dptr, dptr, s);
+}
 
 CUresult gvm_hook_cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   CUresult r = GVM_REAL(cuMemPoolTrimTo, pool, keep);

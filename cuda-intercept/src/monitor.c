@@ -118,13 +118,7 @@ void gvm_monitor_stop(void) {
     GVM_ADD(&gvm_block->command.seq, 0);
     gvm_futex(&gvm_block->command.seq, FUTEX_WAKE, INT32_MAX, NULL);
   }
-  struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_nsec += 200000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  struct timespec deadline = gvm_realtime_in_ms(200);
   if (event_running && pthread_timedjoin_np(event_thread, NULL, &deadline) == 0) event_running = false;
   if (control_running && pthread_timedjoin_np(control_thread, NULL, &deadline) == 0) control_running = false;
   /* final counters: the process is exiting and its work is done or abandoned */

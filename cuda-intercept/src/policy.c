@@ -463,13 +463,7 @@ void gvm_policy_stop(void) {
     __atomic_add_fetch(&boards[g]->seq, 1, __ATOMIC_SEQ_CST);
     gvm_futex(&boards[g]->seq, FUTEX_WAKE, INT32_MAX, NULL);
   }
-  struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_nsec += 200000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  struct timespec deadline = gvm_realtime_in_ms(200);
   for (int g = 0; g < GVM_MAX_GPUS; g++)
     if (thread_running[g] && pthread_timedjoin_np(threads[g], NULL, &deadline) == 0) thread_running[g] = false;
   atomic_store(&gvm_policy_latency_mask, 0);

@@ -118,7 +118,6 @@ struct move {
   unsigned used;               /* bit per stream */
   bool ready;
   bool kept_stage; /* to the host: the handle's own staging range, which stays mapped (backing.c) */
-  bool own_src;    /* src is a mapping this move made (device memory), removed in tidy */
   bool remapped;   /* the range has the new memory */
   bool moved;
 };
@@ -134,15 +133,15 @@ static CUdeviceptr second_mapping(int gpu, struct move *m, bool to_device) {
     GVM_REAL(cuMemAddressFree, v, m->c.size);
     return 0;
   }
-  m->own_src = true;
   return v;
 }
 
-static void drop_second_mapping(struct move *m) {
-  if (!m->own_src) return;
+/* To the host the second mapping of the device memory was made for the move (to the GPU it is the
+ * host memory's own staging range, which stays): it goes once the copy is over. */
+static void drop_second_mapping(struct move *m, bool to_device) {
+  if (to_device || m->src == m->c.va) return;
   GVM_REAL(cuMemUnmap, m->src, m->c.size);
   GVM_REAL(cuMemAddressFree, m->src, m->c.size);
-  m->own_src = false;
 }
 
 static bool prepare(int gpu, struct move *m, bool to_device) {
@@ -238,7 +237,7 @@ static void finish(int gpu, struct move *m, bool to_device, bool copied) {
 /* After the window: what no range uses any more goes back (host memory to the pool), out of the
  * application's stopped time. The range itself is no longer ours to touch (gvm_swap_end). */
 static void tidy(struct move *m, bool to_device) {
-  drop_second_mapping(m);
+  drop_second_mapping(m, to_device);
   if (!m->kept_stage) {
     GVM_REAL(cuMemUnmap, m->stage, m->c.size);
     GVM_REAL(cuMemAddressFree, m->stage, m->c.size);
@@ -420,9 +419,7 @@ void gvm_swap_stop(void) {
   if (!mover_running) return;
   atomic_store(&mover_stopping, 1);
   gvm_swap_kick();
-  struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += 1;
+  struct timespec deadline = gvm_realtime_in_ms(1000);
   if (pthread_timedjoin_np(mover, NULL, &deadline) == 0) mover_running = false;
 }
 

@@ -3,20 +3,18 @@
  * exact kernel counts (plain, legacy stream, per-thread stream, graph launches, nothing counted while
  * capturing), memory.current against the driver's own cuMemGetInfo delta, and cuGetProcAddress
  * handing out hooks for every flag and version combination. Exit 0 when every check passes.
- * Build: gcc -std=c11 -I include -I /usr/local/cuda/include test/gpu/agent_check.c -ldl -o agent_check
+ * Build: gcc -std=c11 -I include -I /usr/local/cuda/include test/gpu/agent_check.c -lcuda -ldl -o agent_check
  */
 #define _GNU_SOURCE
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
-#include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 static int failures;
 #define CHECK(cond, ...)                          \
@@ -40,16 +38,6 @@ static int failures;
 
 static const char *ptx = ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry noop() { ret; }\n";
 
-static struct gvm_control_block *open_block(void) {
-  char path[64];
-  snprintf(path, sizeof path, "/dev/shm/gvm/%d", getpid());
-  int fd = open(path, O_RDONLY);
-  if (fd < 0) return NULL;
-  void *p = mmap(NULL, sizeof(struct gvm_control_block), PROT_READ, MAP_SHARED, fd, 0);
-  close(fd);
-  return p == MAP_FAILED ? NULL : p;
-}
-
 static void settle(void) { usleep(60 * 1000); } /* > several event ticks */
 
 int main(void) {
@@ -59,7 +47,8 @@ int main(void) {
   CUcontext ctx;
   CU(cuDevicePrimaryCtxRetain(&ctx, dev));
   CU(cuCtxSetCurrent(ctx));
-  struct gvm_control_block *cb = open_block();
+  struct gvm_self self;
+  struct gvm_control_block *cb = gvm_self_open(&self) == 0 ? self.cb : NULL;
   if (!cb) {
     printf("FAIL no control block for pid %d (agent not preloaded?)\n", getpid());
     return 1;

@@ -12,19 +12,16 @@
  */
 #define _GNU_SOURCE
 #include <cuda.h>
-#include <fcntl.h>
-#include <linux/futex.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 #define MiB ((size_t)1 << 20)
 #define BIG (64 * MiB)
@@ -78,32 +75,15 @@ static CUcontext open_gpu(void) {
   return ctx;
 }
 
-static struct gvm_control_block *open_block(void) {
-  char path[320];
-  const char *dir = getenv("GVM_SHM_DIR");
-  snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid());
-  int fd = open(path, O_RDWR);
-  if (fd < 0) return NULL;
-  void *m = mmap(NULL, sizeof(struct gvm_control_block), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  return m == MAP_FAILED ? NULL : m;
-}
+static struct gvm_self self;
 
-static void set_limit(struct gvm_control_block *cb, uint64_t bytes) {
-  struct gvm_command *c = &cb->command;
-  c->key = GVM_KEY_MEMORY_LIMIT;
-  c->gpu = 0;
-  c->value = bytes;
-  uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
-  syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
-  for (int i = 0; __atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq; i++) {
-    if (i > 600000) {
-      printf("FAIL no answer to the limit command\n");
-      exit(1);
-    }
-    usleep(100);
+static void set_limit(uint64_t bytes) {
+  char msg[GVM_MESSAGE_MAX];
+  if (gvm_self_command(&self, GVM_KEY_MEMORY_LIMIT, 0, bytes, 60000, msg, sizeof msg) < 0) {
+    printf("FAIL no answer to the limit command\n");
+    exit(1);
   }
-  printf("     limit %llu: %s\n", (unsigned long long)bytes, c->message);
+  printf("     limit %llu: %s\n", (unsigned long long)bytes, msg);
 }
 
 /* the importer: reads two handles from the pipe, answers one line per step */
@@ -140,17 +120,16 @@ int main(void) {
   close(down[0]);
   close(up[1]);
   open_gpu();
-  struct gvm_control_block *cb = open_block();
-  if (!cb || cb->gpu[0].memory_mode != GVM_MEMORY_MODE_SWAP) {
+  if (gvm_self_open(&self) != 0 || self.cb->gpu[0].memory_mode != GVM_MEMORY_MODE_SWAP) {
     printf("FAIL run under the agent with GVM_MEMORY_MODE=swap\n");
     kill(child, SIGKILL);
     return 1;
   }
-  struct gvm_gpu_block *g = &cb->gpu[0];
+  struct gvm_gpu_block *g = &self.cb->gpu[0];
   CUdeviceptr small, big;
   CU(cuMemAlloc(&small, MiB)); /* below 2 MiB: plain driver memory */
   fill(small, MiB, 5);
-  set_limit(cb, g->memory_current + 4 * MiB); /* the 64 MiB allocation will not fit: it starts on the host */
+  set_limit(g->memory_current + 4 * MiB); /* the 64 MiB allocation will not fit: it starts on the host */
   CU(cuMemAlloc(&big, BIG));
   fill(big, BIG, 1);
   report(g->memory_swap_current == BIG, "the 64 MiB allocation was placed on the host (over the limit)");
@@ -160,7 +139,7 @@ int main(void) {
   report(g->memory_swap_current == 0, "exporting brought it back to the GPU");
   CU(cuIpcGetMemHandle(&hs, small));
   report(memcmp(hs.reserved, "gvm-ipc", 7) != 0, "a 1 MiB allocation got the driver's own handle");
-  set_limit(cb, 2 * MiB);
+  set_limit(2 * MiB);
   report(g->memory_swap_current == 0, "a limit far below it leaves the pinned range on the GPU");
   report(check(big, BIG, 1), "the exporter's bytes intact after the moves");
   if (write(down[1], &hb, sizeof hb) != (ssize_t)sizeof hb || write(down[1], &hs, sizeof hs) != (ssize_t)sizeof hs)

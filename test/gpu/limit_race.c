@@ -15,8 +15,6 @@
  */
 #define _GNU_SOURCE
 #include <cuda.h>
-#include <fcntl.h>
-#include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -24,18 +22,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 #define THREADS 4
 #define SLOTS 8 /* buffers a thread holds at most */
 #define MiB ((size_t)1 << 20)
 
-static struct gvm_control_block *cb;
+static struct gvm_self self;
 static CUcontext ctx;
 static bool swap_mode;
 static atomic_bool stop;
@@ -120,18 +116,7 @@ static void *worker(void *arg) {
 
 /* The process's own limit through its control block: the mailbox gvm set uses. */
 static int set_limit(uint64_t bytes) {
-  struct gvm_command *c = &cb->command;
-  c->key = GVM_KEY_MEMORY_LIMIT;
-  c->gpu = 0;
-  c->value = bytes;
-  uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
-  syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
-  double t0 = now_s();
-  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) {
-    if (now_s() - t0 > 60) return -1;
-    usleep(100);
-  }
-  return (int)c->status;
+  return gvm_self_command(&self, GVM_KEY_MEMORY_LIMIT, 0, bytes, 60000, NULL, 0);
 }
 
 int main(int argc, char **argv) {
@@ -145,17 +130,11 @@ int main(int argc, char **argv) {
     printf("FAIL no CUDA device\n");
     return 1;
   }
-  char path[320];
-  const char *dir = getenv("GVM_SHM_DIR");
-  snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, getpid());
-  int fd = open(path, O_RDWR);
-  if (fd < 0) {
-    printf("FAIL no control block at %s (run under the agent)\n", path);
+  if (gvm_self_open(&self) != 0) {
+    printf("FAIL no control block (run under the agent)\n");
     return 1;
   }
-  cb = mmap(NULL, sizeof *cb, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  struct gvm_gpu_block *g = &cb->gpu[0];
+  struct gvm_gpu_block *g = &self.cb->gpu[0];
   swap_mode = GVM_LOAD(&g->memory_mode) == GVM_MEMORY_MODE_SWAP;
   uint64_t base = GVM_LOAD(&g->memory_current), total = GVM_LOAD(&g->total_bytes);
   pthread_t t[THREADS];

@@ -6,18 +6,14 @@
  */
 #define _GNU_SOURCE
 #include <cuda.h>
-#include <fcntl.h>
-#include <linux/futex.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 #define CU(call)                                                            \
   do {                                                                      \
@@ -28,6 +24,7 @@
     }                                                                       \
   } while (0)
 
+static struct gvm_self self;
 static struct gvm_control_block *cb;
 static int failures;
 
@@ -38,21 +35,11 @@ static double now_ms(void) {
 }
 
 static double set_limit(uint64_t bytes, char *msg) {
-  struct gvm_command *c = &cb->command;
   double t0 = now_ms();
-  c->key = GVM_KEY_MEMORY_LIMIT;
-  c->gpu = 0;
-  c->value = bytes;
-  uint32_t seq = __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
-  syscall(SYS_futex, &c->seq, FUTEX_WAKE, 1, NULL, NULL, 0);
-  while (__atomic_load_n(&c->applied_seq, __ATOMIC_ACQUIRE) != seq) {
-    usleep(100);
-    if (now_ms() - t0 > 60000) {
-      printf("FAIL no answer to the limit command in 60 s\n");
-      exit(1);
-    }
+  if (gvm_self_command(&self, GVM_KEY_MEMORY_LIMIT, 0, bytes, 60000, msg, GVM_MESSAGE_MAX) < 0) {
+    printf("FAIL no answer to the limit command in 60 s\n");
+    exit(1);
   }
-  strcpy(msg, c->message);
   return now_ms() - t0;
 }
 
@@ -81,15 +68,11 @@ int main(int argc, char **argv) {
   CU(cuDeviceGet(&dev, 0));
   CU(cuDevicePrimaryCtxRetain(&ctx, dev));
   CU(cuCtxSetCurrent(ctx));
-  char path[320];
-  const char *dir = getenv("GVM_SHM_DIR");
-  snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, getpid());
-  int fd = open(path, O_RDWR);
-  if (fd < 0) {
+  if (gvm_self_open(&self) != 0) {
     printf("FAIL no control block (run under the agent)\n");
     return 1;
   }
-  cb = mmap(NULL, sizeof *cb, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  cb = self.cb;
   struct gvm_gpu_block *g = &cb->gpu[0];
   if (g->memory_mode != GVM_MEMORY_MODE_SWAP) {
     printf("FAIL not in swap mode (GVM_MEMORY_MODE=swap)\n");
