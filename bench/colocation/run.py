@@ -128,7 +128,7 @@ def run_case(case, job, a, tmp):
             logs["srv"] = open(f"{d}/srv.log", "w")
             srv = spawn(srv_pre + [PY, os.path.join(WORK, "llm_server.py"), "--rate", str(a.rate), "--duration-s", str(a.duration),
                                    "--idle-s", str(a.idle), "--ready", f"{d}/srv.ready", "--start-file", f"{d}/start",
-                                   "--out", f"{d}/srv.json", "--linger-s", "2"] + srv_args, env, logs["srv"])
+                                   "--out", f"{d}/srv.json", "--linger-s", "2", "--engine", a.engine] + srv_args, env, logs["srv"])
         be_ready = wait_file(f"{d}/be.ready", be, 240) if be else None
         srv_ready = wait_file(f"{d}/srv.ready", srv, 240) if srv else None
         open(f"{d}/start", "w").close()
@@ -206,6 +206,8 @@ def main():
     ap.add_argument("--job", choices=list(JOBS), default="lora")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--rate", type=float, default=1.5)
+    ap.add_argument("--engine", choices=("graph", "eager"), default="graph",
+                    help="the server's engine: graph (static cache, CUDA graphs: GPU-bound) or eager (CPU-bound)")
     ap.add_argument("--duration", type=float, default=12)
     ap.add_argument("--idle", type=float, default=3)
     ap.add_argument("--idle-ms", type=int, default=3)
@@ -240,7 +242,7 @@ def main():
     alone = by.get("server-alone", {}).get("server", {})
     be_alone = (by.get("be-alone", {}).get("be") or {}).get("alone_sps")
     default_idle = (by.get("default", {}).get("be") or {}).get("idle_sps")
-    print(f"\n### {a.job}: server at {a.rate} req/s beside {a.job} ({gpu_name()})\n")
+    print(f"\n### {a.job}: server ({a.engine} engine) at {a.rate} req/s beside {a.job} ({gpu_name()})\n")
     print("| case | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | p99 TTFT / alone | p99 TPOT / alone | BE idle-phase samples/s | BE under load samples/s (share of alone) | notes |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -275,7 +277,7 @@ def main():
             print(f"gvm-auto vs {base}: p99 TTFT {b['ttft_p99'] / g['ttft_p99']:.1f}x better, p99 TPOT {b['tpot_p99'] / g['tpot_p99']:.1f}x better")
 
     out = {"job": a.job, "gpu": gpu_name(), "gpu_gib": total_gib, "swap_limit": a.swap_limit, "ballast_gb": a.ballast_gb,
-           "grow_gb": a.grow_gb, "rate": a.rate, "duration_s": a.duration, "idle_s": a.idle, "idle_ms": a.idle_ms, "results": results}
+           "grow_gb": a.grow_gb, "rate": a.rate, "engine": a.engine, "duration_s": a.duration, "idle_s": a.idle, "idle_ms": a.idle_ms, "results": results}
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     for dest in filter(None, [os.path.join(ROOT, "bench", "results"), os.environ.get("OUT")]):
         with open(os.path.join(dest, f"colocation-{a.job}.json"), "w") as f:

@@ -9,25 +9,29 @@ import time
 import torch
 
 
-def llama_config(layers=22):
+def llama_config(layers=22, tiny=False):
     from transformers import LlamaConfig
 
+    if tiny:  # the same structure at a size a CPU runs in seconds: smoke tests of the serving code
+        return LlamaConfig(vocab_size=32000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+                           rms_norm_eps=1e-5, tie_word_embeddings=False)
     # TinyLlama-1.1B's shape: 2048 hidden, 22 layers, 32 heads with 4 KV heads, 5632 MLP
     return LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
                        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096,
                        rms_norm_eps=1e-5, tie_word_embeddings=False)
 
 
-def random_llama(layers=22, seed=0):
-    """The model built directly on the GPU in bf16 with random weights (seconds, not minutes)."""
+def random_llama(layers=22, seed=0, device="cuda", tiny=False):
+    """The model built directly on the device in bf16 with random weights (seconds, not minutes)."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = llama_config(layers)
+    config = llama_config(layers, tiny)
     config._attn_implementation = "sdpa"
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(prev)
     return model
