@@ -160,7 +160,8 @@ def run_case(case, job, a, tmp):
             s = json.load(f)
         ttft = [r["ttft"] * 1e3 for r in s["requests"]]
         tpot = [r["tpot"] * 1e3 for r in s["requests"]]
-        res["server"] = {"completed": s["completed"], "arrivals": s["arrivals"],
+        res["server"] = {"completed": s["completed"], "arrivals": s["arrivals"], "engine": s.get("engine"),
+                         "graph_equals_eager": (s.get("engine_check") or {}).get("graph_equals_eager"),
                          **{f"ttft_p{q}": pct(ttft, q / 100) for q in (50, 90, 99)},
                          **{f"tpot_p{q}": pct(tpot, q / 100) for q in (50, 90, 99)},
                          "itl_p99": pct([g * 1e3 for g in s["gaps"]], 0.99), "grow_ms": s["grow_ms"], "grown_gb": s["grown_gb"],
@@ -263,6 +264,8 @@ def main():
             notes.append(f"server grew {s['grown_gb']:.0f} GiB (slowest step {max(s['grow_ms']):.0f} ms)")
         if r.get("srv_policy") and r["srv_policy"].get("memory_waits"):
             notes.append(f"server allocations that waited for lent memory: {r['srv_policy']['memory_waits']}")
+        if s.get("graph_equals_eager") is False:
+            notes.append("server graphs DIFFER from eager")
         if s and s.get("completed") != s.get("arrivals"):
             notes.append(f"{s.get('completed')}/{s.get('arrivals')} done")
         print(f"| {r['case']} | {fmt(s.get('ttft_p50'))} | {fmt(s.get('ttft_p99'))} | {fmt(s.get('tpot_p50'))} | {fmt(s.get('tpot_p99'))} | "

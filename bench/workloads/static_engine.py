@@ -76,6 +76,11 @@ class StaticEngine:
         x = x + layer.self_attn.o_proj(o.reshape(b, t, self.heads * self.head_dim))
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
+    def _per_query_head(self, t):
+        """[b, kv_heads, n, d] -> [b, heads, n, d], each kv head repeated for its group of query heads."""
+        b, _, n, d = t.shape
+        return t[:, :, None].expand(b, self.kv_heads, self.group, n, d).reshape(b, self.heads, n, d)
+
     def _decode_step(self):
         s = self.slots
         x = self.m.embed_tokens(self.tok[:, None])
@@ -107,8 +112,8 @@ class StaticEngine:
             pad = (0, 0, 0, self.max_len - n)
             self.K[i].index_copy_(0, self.p_slot, F.pad(k, pad))
             self.V[i].index_copy_(0, self.p_slot, F.pad(v, pad))
-            kk = k.repeat_interleave(self.group, dim=1)
-            vv = v.repeat_interleave(self.group, dim=1)
+            kk = self._per_query_head(k)
+            vv = self._per_query_head(v)
             o = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=self.scale).transpose(1, 2)
             x = self._layer_out(layer, x, o)
         last = self.m.norm(x[0].index_select(0, self.p_len - 1))
