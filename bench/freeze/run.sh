@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Freeze and thaw latency under the agent (freeze_bench.cu): builds it when needed, runs CYCLES
+# freeze/thaw cycles on a counter kernel, prints the table (with the RM controls' own time apart from
+# the command's delivery); JSON to bench/results/freeze.json (and $OUT/freeze.json when $OUT is set).
+# Usage: bash bench/freeze/run.sh [CYCLES, default 200]. Environment: GVM_AGENT, NVCC, NVCC_ARCH, OUT,
+# GVM_RM_STOP (preempt|disable: force one way of stopping channels, see cuda-intercept/src/compute.c).
+set -euo pipefail
+
+say() { printf '[freeze] %s\n' "$*"; }
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+
+# shellcheck source=bench/lib/gpu.sh
+source "$root/bench/lib/gpu.sh"
+gvm_gpus_or_skip
+
+# shellcheck source=bench/lib/build-agent.sh
+source "$root/bench/lib/build-agent.sh"
+gvm_ensure_agent || exit 1
+
+bin=$root/build/bench/freeze_bench
+gvm_nvcc_build bench/freeze/freeze_bench.cu "$bin" include/gvm/control_block.h include/gvm/self_command.h || exit 1
+mkdir -p bench/results
+shm=$(mktemp -d /dev/shm/gvm-freeze-bench.XXXXXX)
+trap 'rm -rf "$shm"' EXIT
+json=bench/results/freeze.json
+set +e
+LD_PRELOAD="$agent" GVM_SHM_DIR="$shm" "$bin" "${1:-200}" "$json"
+rc=$?
+set -e
+[ -n "${OUT:-}" ] && [ -f "$json" ] && cp "$json" "$OUT/freeze.json"
+exit $rc
