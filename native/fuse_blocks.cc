@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -56,15 +57,36 @@ BlockRef Load(int pid) {
   return b;
 }
 
+// A PCI bus id in one spelling ("0000:41:00.0" for "00000000:41:00.0", "0000:4A:00.0" or "41:00.0"),
+// as lib/system.ts normalizePciBusId writes it, so the file tree numbers GPUs as gvm ps and gvm set
+// do. Empty when the text is not a bus id (domain required with `needDomain`, as in the driver's list).
+std::string NormalizePci(const std::string& text, bool needDomain) {
+  unsigned domain = 0, bus = 0, device = 0, function = 0;
+  int end = -1;
+  bool ok = sscanf(text.c_str(), "%x:%x:%x.%x%n", &domain, &bus, &device, &function, &end) == 4 &&
+            static_cast<size_t>(end) == text.size();
+  if (!ok && !needDomain) {
+    domain = 0;
+    end = -1;
+    ok = sscanf(text.c_str(), "%x:%x.%x%n", &bus, &device, &function, &end) == 3 && static_cast<size_t>(end) == text.size();
+  }
+  if (!ok) return "";
+  char out[32];
+  snprintf(out, sizeof out, "%04x:%02x:%02x.%x", domain, bus, device, function);
+  return out;
+}
+
+// The machine's GPUs in nvidia-smi order: the bus ids the driver lists, sorted. The list is read where
+// the library reads it ($GVM_NVIDIA_PROC_DIR, for tests), or the file tree and gvm would number GPUs
+// differently there.
 void ReadPciOrder() {
   g_pciOrder.clear();
-  DIR* d = opendir("/proc/driver/nvidia/gpus");
+  const char* dir = getenv("GVM_NVIDIA_PROC_DIR");
+  DIR* d = opendir(dir && *dir ? dir : "/proc/driver/nvidia/gpus");
   if (!d) return;
   while (struct dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::string s(e->d_name);
-    std::transform(s.begin(), s.end(), s.begin(), ::tolower);
-    g_pciOrder.push_back(s);
+    std::string s = NormalizePci(e->d_name, true);
+    if (!s.empty()) g_pciOrder.push_back(s);
   }
   closedir(d);
   std::sort(g_pciOrder.begin(), g_pciOrder.end());
@@ -146,9 +168,8 @@ std::vector<int> LivePids() {
 }
 
 int MachineIndex(const struct gvm_gpu_block* g) {
-  std::string pci(g->pci_bus_id, strnlen(g->pci_bus_id, sizeof g->pci_bus_id));
-  std::transform(pci.begin(), pci.end(), pci.begin(), ::tolower);
-  for (size_t i = 0; i < g_pciOrder.size(); i++)
+  std::string pci = NormalizePci(std::string(g->pci_bus_id, strnlen(g->pci_bus_id, sizeof g->pci_bus_id)), false);
+  for (size_t i = 0; !pci.empty() && i < g_pciOrder.size(); i++)
     if (g_pciOrder[i] == pci) return static_cast<int>(i);
   return g->ordinal;
 }

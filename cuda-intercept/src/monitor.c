@@ -27,9 +27,13 @@ static void *control_main(void *arg) {
   (void)arg;
   struct gvm_control_block *cb = gvm_block;
   struct gvm_command *cmd = &cb->command;
-  uint32_t seen = GVM_LOAD(&cmd->seq);
-  /* a command left unanswered by an earlier agent with our pid cannot exist: the block is new */
-  GVM_STORE(&cmd->applied_seq, seen);
+  /*
+   * Start from what was answered, not from seq: the block is new (both 0), so a higher seq is a
+   * command sent after the block appeared and before this thread first ran (a process steering
+   * itself right after cuInit, a controller that saw the block). Taking seq as seen would mark it
+   * applied without applying it, and its sender would read status 0 and an empty message.
+   */
+  uint32_t seen = GVM_LOAD(&cmd->applied_seq);
   while (!atomic_load(&stopping)) {
     GVM_STORE(&cb->heartbeat_ns, gvm_now_ns());
     struct timespec ts = ms_to_ts(250);
