@@ -7,13 +7,11 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { CLI, makeBlock, ROOT, serveBlock, startFakeAgent, startTime } from './helpers';
+import { GVMD, makeBlock, serveBlock, startDaemon, startFakeAgent, startTime } from './helpers';
 
-const GVMD = path.join(ROOT, 'dist', 'daemon', 'gvmd.js');
 const MiB = 1 << 20;
 const GiB = 1024 * MiB;
 
@@ -23,39 +21,6 @@ function tmpDir(t: Tap.Test, prefix: string, mode = 0o755): string {
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
-
-interface Daemon {
-  child: ChildProcess;
-  port: number;
-  log: string[];
-}
-
-/** Starts gvmd (or `gvm daemon` with viaCli) on a free metrics port; resolves once it serves. */
-async function startDaemon(t: Tap.Test, mount: string, shm: string, viaCli = false): Promise<Daemon> {
-  const args = ['--mount', mount, '--shm-dir', shm, '--metrics-port', '0'];
-  const child = spawn(process.execPath, viaCli ? [CLI, 'daemon', ...args] : [GVMD, ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const log: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    readline.createInterface({ input: child.stderr! }).on('line', (l) => {
-      log.push(l);
-      const m = /metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(l);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on('exit', (code) => reject(new Error(`gvmd exited ${code}: ${log.join(' | ')}`)));
-    setTimeout(() => reject(new Error(`gvmd did not start: ${log.join(' | ')}`)), 15000);
-  });
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.on('exit', r));
-    }
-    spawnSync('fusermount3', ['-uz', mount]);
-  });
-  return { child, port, log };
-}
-
 
 /** The second user of the permission cases, made with useradd when it does not exist yet. */
 function testUser(t: Tap.Test): { uid: number; gid: number } {

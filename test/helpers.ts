@@ -4,6 +4,7 @@ import { ChildProcess, spawn, spawnSync, SpawnSyncReturns } from 'node:child_pro
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as readline from 'node:readline';
 
 export const ROOT = path.resolve(__dirname, '..');
 export const RELEASE = path.join(ROOT, 'build', 'Release');
@@ -11,6 +12,7 @@ export const MAKE_BLOCK = path.join(RELEASE, 'gvm-make-block');
 export const NOOP_PRELOAD = path.join(RELEASE, 'libgvm-test-noop.so');
 export const CLI = path.join(ROOT, 'dist', 'cli', 'gvm.js');
 export const DIST = path.join(ROOT, 'dist', 'index.js');
+export const GVMD = path.join(ROOT, 'dist', 'daemon', 'gvmd.js');
 
 interface Teardown {
   teardown(fn: () => void | Promise<void>): void;
@@ -84,6 +86,41 @@ export async function serveBlock(t: Teardown, file: string, fields: Record<strin
     child.on('error', reject);
   });
   return child;
+}
+
+export interface Daemon {
+  child: ChildProcess;
+  port: number;
+  log: string[];
+}
+
+/**
+ * Starts gvmd (or `gvm daemon` with viaCli) mounting the file tree at mount over the blocks in shm, on
+ * a free metrics port; resolves once it serves. Stopped and unmounted when the test ends.
+ */
+export async function startDaemon(t: Teardown, mount: string, shm: string, viaCli = false): Promise<Daemon> {
+  const args = ['--mount', mount, '--shm-dir', shm, '--metrics-port', '0'];
+  const child = spawn(process.execPath, viaCli ? [CLI, 'daemon', ...args] : [GVMD, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const log: string[] = [];
+  const port = await new Promise<number>((resolve, reject) => {
+    readline.createInterface({ input: child.stderr! }).on('line', (l) => {
+      log.push(l);
+      const m = /metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(l);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', (code) => reject(new Error(`gvmd exited ${code}: ${log.join(' | ')}`)));
+    setTimeout(() => reject(new Error(`gvmd did not start: ${log.join(' | ')}`)), 15000);
+  });
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.on('exit', r));
+    }
+    spawnSync('fusermount3', ['-uz', mount]);
+  });
+  return { child, port, log };
 }
 
 /** Runs the built CLI synchronously. */

@@ -219,6 +219,20 @@ CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev)
     return CUDA_SUCCESS;
 }
 
+/* Every fake GPU reaches every other (all memory is this process's), as NVLink-connected GPUs do;
+ * a device is not its own peer, as in the driver. */
+CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+{
+    FAKE_ENTER(cuDeviceCanAccessPeer);
+    FAKE_REQUIRE_INIT();
+    if (!canAccessPeer)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fake_device_valid(dev) || !fake_device_valid(peerDev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    *canAccessPeer = dev != peerDev;
+    return CUDA_SUCCESS;
+}
+
 CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev)
 {
     FAKE_ENTER(cuDeviceGetDefaultMemPool);

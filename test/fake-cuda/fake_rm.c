@@ -300,6 +300,11 @@ static uint32_t disable_channels(const rm_object_t *subdev, const void *params, 
             return NV_ERR_INVALID_OBJECT_HANDLE;
         if (!ch || ch->client != p.hClientList[i] || !RM_IS_CHANNEL_CLASS(ch->cls))
             return NV_ERR_INVALID_CHANNEL;
+        /* The control goes to the subdevice's own GPU (its GSP-RM), which knows only that GPU's
+         * channels: one of another GPU (channel -> TSG -> device) is not found there. */
+        rm_object_t *tsg = find_object(ch->parent);
+        if (!tsg || tsg->parent != subdev->parent)
+            return NV_ERR_INVALID_CHANNEL;
     }
     for (uint32_t i = 0; i < p.numChannels; i++)
         find_object(p.hChannelList[i])->disabled = p.bDisable ? 1 : 0;

@@ -15,26 +15,8 @@
 #include <unistd.h>
 
 #include "gvm/self_command.h"
+#include "check.h"
 
-static int failures;
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (cond) printf("ok   ");                    \
-    else {                                        \
-      printf("FAIL ");                            \
-      failures++;                                 \
-    }                                             \
-    printf(__VA_ARGS__);                          \
-    printf("\n");                                 \
-  } while (0)
-#define CU(call)                                                      \
-  do {                                                                \
-    CUresult r_ = (call);                                             \
-    if (r_ != CUDA_SUCCESS) {                                         \
-      fprintf(stderr, "%s failed: %d (line %d)\n", #call, r_, __LINE__); \
-      exit(2);                                                        \
-    }                                                                 \
-  } while (0)
 
 static const char *ptx = ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry noop() { ret; }\n";
 
@@ -139,6 +121,5 @@ int main(void) {
         total_checked);
   CHECK(GVM_LOAD(&g->rm_client) != 0 && GVM_LOAD(&g->tsg_count) >= 1, "RM client %#x, %u TSGs, %u channels seen",
         GVM_LOAD(&g->rm_client), GVM_LOAD(&g->tsg_count), GVM_LOAD(&g->channel_count));
-  printf("%d failure(s)\n", failures);
-  return failures ? 1 : 0;
+  return check_summary();
 }

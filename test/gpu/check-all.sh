@@ -24,6 +24,9 @@ CHECKS=(
   "compute|240|bash test/gpu/compute_check.sh"
   "gvmd|180|bash test/gpu/gvmd_check.sh"
   "static_engine|180|\${PYTHON:-python3} bench/workloads/static_engine.py"
+  "multi_gpu|240|bash test/gpu/multi_gpu_check.sh 20"
+  "nccl_allreduce|300|bash test/gpu/nccl_allreduce.sh"
+  "ipc_across_gpus|180|n=\$(nvidia-smi -L | grep -c '^GPU'); [ \"\$n\" -ge 2 ] || { echo \"SKIP: \$n GPU(s), 2 needed\"; exit 0; }; rc=0; for p in '0 1' '1 0' '1 1'; do GVM_MEMORY_MODE=swap LD_PRELOAD=\$AGENT \$BIN/ipc_check \$p || rc=1; done; exit \$rc"
 )
 only="" skip=""
 while [ $# -gt 0 ]; do

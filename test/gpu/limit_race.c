@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "gvm/self_command.h"
+#include "check.h"
 
 #define THREADS 4
 #define SLOTS 8 /* buffers a thread holds at most */
@@ -151,15 +152,6 @@ int main(int argc, char **argv) {
   atomic_store(&stop, true);
   for (int i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
   set_limit(total);
-  int fails = 0;
-#define CHECK(cond, ...)            \
-  do {                              \
-    bool ok_ = (cond);              \
-    fails += !ok_;                  \
-    printf(ok_ ? "ok   " : "FAIL "); \
-    printf(__VA_ARGS__);            \
-    printf("\n");                   \
-  } while (0)
   printf("     %s mode: %u limit changes (%u refused), %lu allocations, %lu refused, %lu checks\n",
          swap_mode ? "swap" : "oom", changes, refused_changes, atomic_load(&allocs), atomic_load(&refused),
          atomic_load(&checks));
@@ -174,6 +166,5 @@ int main(int argc, char **argv) {
   uint64_t cur = GVM_LOAD(&g->memory_current), swp = GVM_LOAD(&g->memory_swap_current);
   CHECK(cur == base && swp == 0, "all freed: memory.current %llu (started at %llu), swap %llu", (unsigned long long)cur,
         (unsigned long long)base, (unsigned long long)swp);
-  printf("%d failure(s)\n", fails);
-  return fails != 0;
+  return check_summary();
 }

@@ -14,19 +14,10 @@
 #include <unistd.h>
 
 #include "gvm/self_command.h"
-
-#define CU(call)                                                            \
-  do {                                                                      \
-    CUresult r_ = (call);                                                   \
-    if (r_ != CUDA_SUCCESS) {                                               \
-      fprintf(stderr, "%s failed: %d (line %d)\n", #call, r_, __LINE__);    \
-      exit(2);                                                              \
-    }                                                                       \
-  } while (0)
+#include "check.h"
 
 static struct gvm_self self;
 static struct gvm_control_block *cb;
-static int failures;
 
 static double now_ms(void) {
   struct timespec ts;
@@ -114,6 +105,5 @@ int main(int argc, char **argv) {
   printf("%s memory.current back to %llu after frees (swap %llu)\n", g->memory_current == base ? "ok  " : "FAIL",
          (unsigned long long)g->memory_current, (unsigned long long)g->memory_swap_current);
   failures += g->memory_current != base;
-  printf("%d failure(s)\n", failures);
-  return failures != 0;
+  return check_summary();
 }

@@ -8,7 +8,9 @@
  *                        stdin: verify <gen> | free | exit
  *   ipc-import mib=N handle=<hex>
  *                        cuIpcOpenMemHandle (OPENED <error>), verify generation 1, write generation
- *                        2, cuIpcCloseMemHandle (CLOSED <error>) */
+ *                        2, cuIpcCloseMemHandle (CLOSED <error>)
+ * Both take gpu=N (the GPU whose primary context is current), so the two sides may be on different
+ * GPUs. */
 #define _GNU_SOURCE
 #include <cuda.h>
 #include <stdint.h>

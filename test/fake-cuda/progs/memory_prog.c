@@ -16,6 +16,7 @@
  *   swap    seed=S count=N   N buffers of random sizes with known contents; stdin: verify | write |
  *                            free | exit (the test moves them by changing the limit)
  *   ipc-export / ipc-import  CUDA IPC between two processes (see ipc_main below)
+ * Every scenario takes gpu=N: it then runs on that CUDA ordinal (and reads that GPU's numbers).
  *
  * Lines: `ok <what>`, `BAD <what>` (a mismatch), `DONE <steps> <bad>`; READY for the stdin ones.
  * Exit status: 0 when nothing was BAD. */
@@ -43,6 +44,7 @@
 static struct gvm_control_block *g_block;
 static CUcontext g_ctx;
 static CUdevice g_dev;
+static int g_gpu; /* gpu=N: the ordinal every scenario runs on (default 0) */
 static int g_bad;
 static pthread_mutex_t g_print = PTHREAD_MUTEX_INITIALIZER;
 
@@ -90,7 +92,7 @@ static int arg_int(int argc, char **argv, const char *key, int fallback)
 static void open_gpu_for(int need_block)
 {
     CK(cuInit(0));
-    CK(cuDeviceGet(&g_dev, 0));
+    CK(cuDeviceGet(&g_dev, g_gpu));
     CK(cuDevicePrimaryCtxRetain(&g_ctx, g_dev));
     CK(cuCtxSetCurrent(g_ctx));
     char path[512];
@@ -113,9 +115,9 @@ static void open_gpu_for(int need_block)
 
 static void open_gpu(void) { open_gpu_for(1); }
 
-static uint64_t gvm_current(void) { return GVM_LOAD(&g_block->gpu[0].memory_current); }
-static uint64_t gvm_host(void) { return GVM_LOAD(&g_block->gpu[0].host_bytes); }
-static uint64_t gvm_limit(void) { return GVM_LOAD(&g_block->gpu[0].memory_limit); }
+static uint64_t gvm_current(void) { return GVM_LOAD(&g_block->gpu[g_gpu].memory_current); }
+static uint64_t gvm_host(void) { return GVM_LOAD(&g_block->gpu[g_gpu].host_bytes); }
+static uint64_t gvm_limit(void) { return GVM_LOAD(&g_block->gpu[g_gpu].memory_limit); }
 
 /* gvm learns a pool's size from the driver, on its event thread after frees: allow it a moment */
 static uint64_t settle(uint64_t want, uint64_t (*read)(void))
@@ -352,7 +354,7 @@ static int run_threads(int argc, char **argv)
         live += mixes[i].n;
     }
     check_totals("threads", g_thread_steps, device, host, base);
-    uint64_t allocs = GVM_LOAD(&g_block->gpu[0].alloc_count), frees = GVM_LOAD(&g_block->gpu[0].free_count);
+    uint64_t allocs = GVM_LOAD(&g_block->gpu[g_gpu].alloc_count), frees = GVM_LOAD(&g_block->gpu[g_gpu].free_count);
     printf("ok %d live allocations, gvm counts %llu - %llu\n", live, (unsigned long long)allocs,
            (unsigned long long)frees);
     if (allocs - frees != (uint64_t)live)
@@ -584,6 +586,11 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *s = argc > 1 ? argv[1] : "";
+    g_gpu = arg_int(argc, argv, "gpu", 0);
+    if (g_gpu < 0 || g_gpu >= GVM_MAX_GPUS) {
+        fprintf(stderr, "FAIL gpu=%d\n", g_gpu);
+        return 2;
+    }
     if (strcmp(s, "random") == 0)
         return run_random(argc, argv);
     if (strcmp(s, "threads") == 0)

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define MiB ((size_t)1 << 20)
-#define MAX_GPUS 8
+#define MAX_GPUS 16
 #define THREADS 8
 
 typedef enum { A_DEVICE, A_MANAGED, A_HOST, A_ASYNC, A_VMM } alloc_kind_t;
@@ -47,6 +47,7 @@ static alloc_t *g_allocs;
 static size_t g_nallocs, g_capallocs;
 static CUcontext g_ctx[MAX_GPUS];
 static CUmemoryPool g_pools[MAX_GPUS];
+static int g_cur; /* the GPU the stdin commands act on: the last one opened, or `gpu N` */
 static const char *g_role; /* fork-before: "parent" or "child" */
 
 static void check(const char *call, CUresult r)
@@ -124,14 +125,18 @@ static void print_state(const char *tag)
 
 static CUcontext open_gpu(int gpu)
 {
-    if (g_ctx[gpu])
+    if (g_ctx[gpu]) {
+        CK(ctxSetCurrent, g_ctx[gpu]);
+        g_cur = gpu;
         return g_ctx[gpu];
+    }
     CUdevice dev;
     CK(init, 0);
     CK(deviceGet, &dev, gpu);
     CK(primaryRetain, &g_ctx[gpu], dev);
     CK(ctxSetCurrent, g_ctx[gpu]);
     g_stats[gpu].used = 1;
+    g_cur = gpu;
     return g_ctx[gpu];
 }
 
@@ -325,6 +330,87 @@ static void run_multigpu(void)
     }
 }
 
+/* "gpus": every GPU of n opened (only=G: that one alone, as a one-GPU rank of a multi-GPU job
+ * does), each with its own amount of memory and work, so a number that lands on the wrong GPU
+ * shows: GPU g holds 2(g+1) MiB and ran 10(g+1) kernels. The lowest one opened is current. */
+static void run_gpus(int n, int only)
+{
+    int first = -1;
+    for (int g = 0; g < n && g < MAX_GPUS; g++) {
+        if (only >= 0 && g != only)
+            continue;
+        if (first < 0)
+            first = g;
+        CUcontext ctx = open_gpu(g);
+        CUstream s;
+        alloc_device(g, (size_t)(g + 1) * 2 * MiB);
+        CK(streamCreate, &s, CU_STREAM_NON_BLOCKING);
+        launch(api.launchKernel, "launchKernel", load_kernel(), s, 10 * (g + 1));
+        count_kernels(g, 10ull * (unsigned long long)(g + 1));
+        CK(ctxSynchronize, ctx);
+        CK(streamDestroy, s);
+    }
+    if (first >= 0)
+        open_gpu(first);
+}
+
+/* ---- "buffers": device buffers with known contents, to check that no byte is lost when gvm
+ * places or moves their physical memory (swap mode); each on the GPU that was current ---- */
+#define MAX_BUFFERS 64
+static struct {
+    CUdeviceptr ptr;
+    size_t bytes;
+} g_buffers[MAX_BUFFERS];
+static size_t g_nbuffers;
+
+static unsigned char pattern(size_t buffer, size_t offset) { return (unsigned char)(buffer * 131u + offset * 7u + 1u); }
+
+/* count buffers of mib MiB on the current GPU (g_cur) */
+static void add_buffers(int count, int mib)
+{
+    size_t bytes = (size_t)mib * MiB;
+    unsigned char *host = malloc(bytes ? bytes : 1);
+    if (!host) {
+        fprintf(stderr, "FAIL malloc 0\n");
+        exit(1);
+    }
+    for (int i = 0; i < count && g_nbuffers < MAX_BUFFERS; i++) {
+        alloc_t a = {.kind = A_DEVICE, .gpu = g_cur, .bytes = bytes};
+        CK(memAlloc, &a.ptr, bytes);
+        for (size_t j = 0; j < bytes; j++)
+            host[j] = pattern(g_nbuffers, j);
+        CK(memcpyHtoD, a.ptr, host, bytes);
+        record(&a);
+        g_buffers[g_nbuffers].ptr = a.ptr;
+        g_buffers[g_nbuffers++].bytes = bytes;
+    }
+    free(host);
+}
+
+static void run_buffers(int count, int mib)
+{
+    open_gpu(0);
+    add_buffers(count, mib);
+}
+
+static int verify_buffers(void)
+{
+    int bad = -1;
+    for (size_t i = 0; i < g_nbuffers && bad < 0; i++) {
+        unsigned char *host = malloc(g_buffers[i].bytes ? g_buffers[i].bytes : 1);
+        if (!host)
+            return (int)i;
+        CK(memcpyDtoH, host, g_buffers[i].ptr, g_buffers[i].bytes);
+        for (size_t j = 0; j < g_buffers[i].bytes; j++)
+            if (host[j] != pattern(i, j)) {
+                bad = (int)i;
+                break;
+            }
+        free(host);
+    }
+    return bad;
+}
+
 /* ---- commands ---- */
 
 static void sync_all(void)
@@ -363,6 +449,7 @@ static void free_all(void)
             s->deviceBytes -= a->bytes;
     }
     g_nallocs = 0;
+    g_nbuffers = 0;
     for (int i = 0; i < MAX_GPUS; i++) {
         if (g_pools[i]) {
             CK(ctxSetCurrent, g_ctx[i]);
@@ -370,51 +457,11 @@ static void free_all(void)
             g_pools[i] = NULL;
         }
     }
+    if (g_ctx[g_cur]) /* later commands still act on the GPU they chose */
+        CK(ctxSetCurrent, g_ctx[g_cur]);
 }
 
-/* ---- "buffers": N device buffers with known contents, to check that no byte is lost when gvm
- * places or moves their physical memory (swap mode) ---- */
-static CUdeviceptr g_buffers[64];
-static size_t g_nbuffers, g_buffer_bytes;
-
-static unsigned char pattern(size_t buffer, size_t offset) { return (unsigned char)(buffer * 131u + offset * 7u + 1u); }
-
-static void run_buffers(int count, int mib)
-{
-    open_gpu(0);
-    g_buffer_bytes = (size_t)mib * MiB;
-    unsigned char *host = malloc(g_buffer_bytes);
-    if (!host) {
-        fprintf(stderr, "FAIL malloc 0\n");
-        exit(1);
-    }
-    for (int i = 0; i < count && i < 64; i++) {
-        alloc_t a = {.kind = A_DEVICE, .gpu = 0, .bytes = g_buffer_bytes};
-        CK(memAlloc, &a.ptr, g_buffer_bytes);
-        for (size_t j = 0; j < g_buffer_bytes; j++)
-            host[j] = pattern((size_t)i, j);
-        CK(memcpyHtoD, a.ptr, host, g_buffer_bytes);
-        record(&a);
-        g_buffers[g_nbuffers++] = a.ptr;
-    }
-    free(host);
-}
-
-static int verify_buffers(void)
-{
-    unsigned char *host = malloc(g_buffer_bytes ? g_buffer_bytes : 1);
-    int bad = -1;
-    for (size_t i = 0; host && i < g_nbuffers && bad < 0; i++) {
-        CK(memcpyDtoH, host, g_buffers[i], g_buffer_bytes);
-        for (size_t j = 0; j < g_buffer_bytes; j++)
-            if (host[j] != pattern(i, j)) {
-                bad = (int)i;
-                break;
-            }
-    }
-    free(host);
-    return bad;
-}
+static CUfunction g_launch_fn[MAX_GPUS]; /* `launch`: each GPU's context loads its own module */
 
 static void command_loop(void)
 {
@@ -445,13 +492,15 @@ static void command_loop(void)
                 api.holdGpu(0);
             printf("RELEASED\n");
         } else if (strncmp(line, "launch ", 7) == 0) {
-            /* a burst on the default stream (each kernel runs FAKE_CUDA_KERNEL_US) */
-            static CUfunction f;
-            if (g_bound && !f)
-                f = load_kernel();
+            /* a burst on the current GPU's default stream (each kernel runs FAKE_CUDA_KERNEL_US); a
+             * function belongs to its context's module, so each GPU loads its own */
+            if (g_bound && !g_launch_fn[g_cur])
+                g_launch_fn[g_cur] = load_kernel();
             int n = atoi(line + 7);
-            if (g_bound)
-                launch(api.launchKernelDefault, "launchKernelDefault", f, NULL, n);
+            if (g_bound) {
+                launch(api.launchKernelDefault, "launchKernelDefault", g_launch_fn[g_cur], NULL, n);
+                count_kernels(g_cur, (unsigned long long)n);
+            }
             printf("LAUNCHED %d\n", n);
         } else if (strncmp(line, "alloc ", 6) == 0) {
             /* one device allocation of N MiB that may fail: prints the driver's (or gvm's) result */
@@ -459,7 +508,7 @@ static void command_loop(void)
             size_t bytes = (size_t)atoi(line + 6) * MiB;
             CUresult r = g_bound ? api.memAlloc(&p, bytes) : CUDA_ERROR_NOT_INITIALIZED;
             if (r == CUDA_SUCCESS) {
-                alloc_t a = {.kind = A_DEVICE, .gpu = 0, .bytes = bytes, .ptr = p};
+                alloc_t a = {.kind = A_DEVICE, .gpu = g_cur, .bytes = bytes, .ptr = p};
                 record(&a);
             }
             printf("ALLOC %d\n", (int)r);
@@ -472,6 +521,63 @@ static void command_loop(void)
             unsigned long (*count)(unsigned) = (unsigned long (*)(unsigned))dlsym(RTLD_DEFAULT, "fakeRmControlCount");
             unsigned cmd = (unsigned)strtoul(line + 8, NULL, 16);
             printf("RMCOUNT %lu\n", count ? count(cmd) : 0ul);
+        } else if (strncmp(line, "gpu ", 4) == 0) {
+            /* later commands act on GPU N (its primary context, opened if it was not) */
+            int g = atoi(line + 4);
+            if (g_bound && g >= 0 && g < MAX_GPUS) {
+                open_gpu(g);
+                printf("GPU %d\n", g);
+            } else {
+                printf("ERROR gpu %s\n", line + 4);
+            }
+        } else if (strcmp(line, "gsync") == 0) {
+            /* the current GPU only: returns while another GPU is frozen or held */
+            if (g_bound && g_ctx[g_cur])
+                CK(ctxSynchronize, g_ctx[g_cur]);
+            printf("GSYNCED %d\n", g_cur);
+        } else if (strncmp(line, "buffers ", 8) == 0) {
+            /* buffers COUNT MIB on the current GPU, filled with their patterns */
+            int count = 0, mib = 0;
+            if (g_bound && sscanf(line + 8, "%d %d", &count, &mib) == 2)
+                add_buffers(count, mib);
+            printf("BUFFERS %zu\n", g_nbuffers);
+        } else if (strcmp(line, "newctx") == 0) {
+            /* an explicit context on the current GPU: the driver allocates new channel groups and
+             * channels for it, which must inherit that GPU's settings (and only that GPU's) */
+            CUcontext c = NULL;
+            CUdevice dev;
+            CUresult r = g_bound ? api.deviceGet(&dev, g_cur) : CUDA_ERROR_NOT_INITIALIZED;
+            if (r == CUDA_SUCCESS)
+                r = api.ctxCreate(&c, NULL, 0, dev);
+            if (r == CUDA_SUCCESS)
+                CK(ctxSetCurrent, g_ctx[g_cur]);
+            printf("NEWCTX %d %d\n", (int)r, g_cur);
+        } else if (strcmp(line, "reset") == 0) {
+            /* cuDevicePrimaryCtxReset of the current GPU: the driver frees its memory and channels;
+             * the program forgets that GPU's allocations (`gpu N` opens it again) */
+            CUdevice dev;
+            CUresult r = g_bound ? api.deviceGet(&dev, g_cur) : CUDA_ERROR_NOT_INITIALIZED;
+            if (r == CUDA_SUCCESS)
+                r = api.primaryReset(dev);
+            if (r == CUDA_SUCCESS) {
+                size_t kept = 0;
+                for (size_t i = 0; i < g_nallocs; i++)
+                    if (g_allocs[i].gpu != g_cur)
+                        g_allocs[kept++] = g_allocs[i];
+                g_nallocs = kept;
+                g_stats[g_cur].deviceBytes = g_stats[g_cur].managedBytes = g_stats[g_cur].hostBytes = 0;
+                g_ctx[g_cur] = NULL;
+                g_pools[g_cur] = NULL;
+                g_launch_fn[g_cur] = NULL;
+            }
+            printf("RESET %d %d\n", (int)r, g_cur);
+        } else if (strncmp(line, "chan ", 5) == 0 || strncmp(line, "timeslice ", 10) == 0) {
+            /* the fake RM's own state of an object: a channel's disabled flag, a TSG's timeslice */
+            int is_chan = line[0] == 'c';
+            unsigned h = (unsigned)strtoul(line + (is_chan ? 5 : 10), NULL, 0);
+            void *fn = dlsym(RTLD_DEFAULT, is_chan ? "fakeRmChannelDisabled" : "fakeRmTimeslice");
+            long v = !fn ? -2 : is_chan ? (long)((int (*)(unsigned))fn)(h) : (long)((unsigned (*)(unsigned))fn)(h);
+            printf("%s %#x %ld\n", is_chan ? "CHAN" : "TIMESLICE", h, v);
         } else if (strcmp(line, "exit") == 0) {
             break;
         } else if (line[0]) {
@@ -550,8 +656,8 @@ int scenario_main(int argc, char **argv, cu_binder_t bind)
     setvbuf(stdout, NULL, _IOLBF, 0);
     g_bind = bind;
     if (argc < 2) {
-        fprintf(stderr, "usage: %s basic|threads|hold|fork-before|fork-after|exit-early|nocuda|multigpu|buffers "
-                        "[kernels=N] [count=N mib=N]\n", argv[0]);
+        fprintf(stderr, "usage: %s basic|threads|hold|fork-before|fork-after|exit-early|nocuda|multigpu|gpus|buffers "
+                        "[kernels=N] [count=N mib=N] [n=GPUS only=GPU]\n", argv[0]);
         return 2;
     }
     const char *name = argv[1];
@@ -570,6 +676,9 @@ int scenario_main(int argc, char **argv, cu_binder_t bind)
         run_threads();
     } else if (strcmp(name, "multigpu") == 0) {
         run_multigpu();
+    } else if (strcmp(name, "gpus") == 0) {
+        int only = arg_int(argc, argv, "only", -1);
+        run_gpus(only >= 0 ? only + 1 : arg_int(argc, argv, "n", 2), only);
     } else if (strcmp(name, "buffers") == 0) {
         run_buffers(arg_int(argc, argv, "count", 6), arg_int(argc, argv, "mib", 4));
     } else if (strcmp(name, "exit-early") == 0) {

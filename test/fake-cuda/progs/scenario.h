@@ -17,6 +17,9 @@
     X(primaryRetain, PFN_cuDevicePrimaryCtxRetain_v7000, cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain, 0,   \
       cuDevicePrimaryCtxRetain)                                                                                   \
     X(ctxSetCurrent, PFN_cuCtxSetCurrent_v4000, cuCtxSetCurrent, cuCtxSetCurrent, 0, cuCtxSetCurrent)             \
+    X(ctxCreate, PFN_cuCtxCreate_v12050, cuCtxCreate, cuCtxCreate_v4, 0, cuCtxCreate)                             \
+    X(primaryReset, PFN_cuDevicePrimaryCtxReset_v11000, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2, 0,   \
+      cuDevicePrimaryCtxReset)                                                                                    \
     X(ctxSynchronize, PFN_cuCtxSynchronize_v13000, cuCtxSynchronize, cuCtxSynchronize_v2, 0, cuCtxSynchronize_v2) \
     X(memGetInfo, PFN_cuMemGetInfo_v3020, cuMemGetInfo, cuMemGetInfo_v2, 0, cuMemGetInfo)                         \
     X(memAlloc, PFN_cuMemAlloc_v3020, cuMemAlloc, cuMemAlloc_v2, 0, cuMemAlloc)                                   \
