@@ -13,6 +13,44 @@ export function shmDir(): string {
   return dir !== undefined && dir !== '' ? dir : '/dev/shm/gvm';
 }
 
+/**
+ * Why a process started now could not publish its control block in `dir` (the agent would then run
+ * it without any control: no limit, priority or freeze), or undefined when it could. `bytes` is the
+ * block's size. Checks what the agent will need: a directory it can create or write into, and room.
+ */
+export function shmProblem(dir: string, bytes: number): string | undefined {
+  let existing = path.resolve(dir);
+  for (;;) {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(existing);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      /* not there yet (the agent makes it), or below a file (the walk up finds the file) */
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') return `${existing}: ${(e as Error).message}`;
+      const parent = path.dirname(existing);
+      if (parent === existing) return `${dir}: no existing directory above it`;
+      existing = parent;
+      continue;
+    }
+    if (!st.isDirectory()) return `${existing} is not a directory`;
+    break;
+  }
+  try {
+    fs.accessSync(existing, fs.constants.W_OK | fs.constants.X_OK);
+  } catch {
+    return `${existing} is not writable by this user`;
+  }
+  try {
+    const fsStat = fs.statfsSync(existing);
+    const free = Number(fsStat.bavail) * Number(fsStat.bsize);
+    if (free < bytes) return `${existing} has ${free} bytes free, a control block needs ${bytes} (a full /dev/shm?)`;
+  } catch {
+    /* a file system that cannot say: the agent finds out, and warns */
+  }
+  return undefined;
+}
+
 /** The candidates for the agent, in the order they are tried. */
 export function agentCandidates(): string[] {
   const fromEnv = process.env.GVM_AGENT_PATH;

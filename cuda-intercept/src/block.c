@@ -68,23 +68,26 @@ static int ensure_dir(const char *dir) {
   return 0;
 }
 
+/* what a failure here means for the user: said in the one warning, which is all they will see */
+#define UNCONTROLLED "this process runs without gvm's control (no memory limit, priority or freeze)"
+
 struct gvm_control_block *gvm_block_create(void) {
   const char *dir = gvm_config.shm_dir;
   if (ensure_dir(dir) != 0) {
-    gvm_log(GVM_LOG_WARN, "cannot use %s (%s); running without a control block", dir, strerror(errno));
+    gvm_log(GVM_LOG_WARN, "cannot use %s (%s); " UNCONTROLLED, dir, strerror(errno));
     return NULL;
   }
   pid_t pid = getpid();
   char tmp[320];
   if ((size_t)snprintf(block_path, sizeof block_path, "%s/%d", dir, (int)pid) >= sizeof block_path ||
       (size_t)snprintf(tmp, sizeof tmp, "%s/.%d.tmp", dir, (int)pid) >= sizeof tmp) {
-    gvm_log(GVM_LOG_WARN, "GVM_SHM_DIR too long; running without a control block");
+    gvm_log(GVM_LOG_WARN, "GVM_SHM_DIR too long; " UNCONTROLLED);
     return NULL;
   }
   unlink(tmp); /* a leftover of an earlier process with our pid and uid; fails harmlessly otherwise */
   int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
-    gvm_log(GVM_LOG_WARN, "cannot create %s: %s; running without a control block", tmp, strerror(errno));
+    gvm_log(GVM_LOG_WARN, "cannot create %s: %s; " UNCONTROLLED, tmp, strerror(errno));
     return NULL;
   }
   size_t size = sizeof(struct gvm_control_block);
@@ -92,7 +95,7 @@ struct gvm_control_block *gvm_block_create(void) {
   int err = posix_fallocate(fd, 0, (off_t)size);
   if (err != 0 && ftruncate(fd, (off_t)size) == 0 && err != ENOSPC) err = 0; /* fs without fallocate */
   if (err != 0) {
-    gvm_log(GVM_LOG_WARN, "cannot size %s: %s; running without a control block", tmp, strerror(err));
+    gvm_log(GVM_LOG_WARN, "cannot size %s: %s; " UNCONTROLLED, tmp, strerror(err));
     close(fd);
     unlink(tmp);
     return NULL;
@@ -100,7 +103,7 @@ struct gvm_control_block *gvm_block_create(void) {
   struct gvm_control_block *cb = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
   if (cb == MAP_FAILED) {
-    gvm_log(GVM_LOG_WARN, "cannot map %s: %s", tmp, strerror(errno));
+    gvm_log(GVM_LOG_WARN, "cannot map %s: %s; " UNCONTROLLED, tmp, strerror(errno));
     unlink(tmp);
     return NULL;
   }
@@ -120,7 +123,7 @@ struct gvm_control_block *gvm_block_create(void) {
   self_cmdline(cb->cmdline, sizeof cb->cmdline);
   GVM_STORE(&cb->magic, GVM_CB_MAGIC);
   if (rename(tmp, block_path) != 0) {
-    gvm_log(GVM_LOG_WARN, "cannot publish %s: %s", block_path, strerror(errno));
+    gvm_log(GVM_LOG_WARN, "cannot publish %s: %s; " UNCONTROLLED, block_path, strerror(errno));
     munmap(cb, size);
     unlink(tmp);
     return NULL;

@@ -10,7 +10,8 @@ import * as path from 'node:path';
 
 import { GvmError, isGvmError } from '../errors';
 import { Gvm, GvmGpu, GvmKey, GvmProcess, POLICY_CLASSES, PolicyClass } from '../index';
-import { agentPath, packageRoot } from '../paths';
+import { native } from '../native';
+import { agentPath, packageRoot, shmDir, shmProblem } from '../paths';
 import { isSortKey, runTop, SortKey } from '../top/top';
 import { formatBytes, parseBytes } from '../units';
 
@@ -256,6 +257,15 @@ async function cmdRun(args: string[]): Promise<number> {
   if (env.GVM_CLASS === 'best-effort' && !args.slice(0, i).some((a) => a.split('=')[0] === '--priority')) env.GVM_PRIORITY = '15';
 
   const agent = agentPath();
+  /* refused here rather than run uncontrolled: the user asked for control, and nothing has started yet */
+  const problem = shmProblem(shmDir(), native().layout().controlBlock!.sizeof!);
+  if (problem !== undefined) {
+    throw new GvmError(
+      `cannot run ${command[0]} under gvm: its control block cannot be created (${problem}); ` +
+        'free space there or point GVM_SHM_DIR at a writable tmpfs directory',
+      'EGVM_IO',
+    );
+  }
   const preload = (env.LD_PRELOAD ?? '').split(/[: ]/).filter((p) => p !== '' && p !== agent);
   env.LD_PRELOAD = [agent, ...preload].join(':');
 
