@@ -63,9 +63,15 @@ int main(int argc, char **argv) {
   }
   cb = self.cb;
   volatile unsigned long long *counter;
-  cudaHostAlloc((void **)&counter, 64, cudaHostAllocMapped);
   unsigned long long *out;
-  cudaMalloc(&out, 8);
+  volatile int *stop;
+  cudaError_t setup = cudaHostAlloc((void **)&counter, 64, cudaHostAllocMapped);
+  if (setup == cudaSuccess) setup = cudaHostAlloc((void **)&stop, 64, cudaHostAllocMapped);
+  if (setup == cudaSuccess) setup = cudaMalloc(&out, 8);
+  if (setup != cudaSuccess) {
+    printf("FAIL setting up the counters: %s\n", cudaGetErrorString(setup));
+    return 2;
+  }
   char msg[GVM_MESSAGE_MAX];
   int failures = 0;
 
@@ -86,8 +92,6 @@ int main(int argc, char **argv) {
     const char *at = strstr(m, " in ");
     if (at) into.push_back(atof(at + 4) * 1e3);
   };
-  volatile int *stop;
-  cudaHostAlloc((void **)&stop, 64, cudaHostAllocMapped);
   *stop = 0;
   *counter = 0;
   bump<<<1, 32>>>(counter, stop, out);

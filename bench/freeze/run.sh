@@ -12,15 +12,8 @@ cd "$root"
 
 # shellcheck source=bench/lib/gpu.sh
 source "$root/bench/lib/gpu.sh"
-gvm_gpus_or_skip
-
-# shellcheck source=bench/lib/build-agent.sh
-source "$root/bench/lib/build-agent.sh"
-gvm_ensure_agent || exit 1
-
 bin=$root/build/bench/freeze_bench
-gvm_nvcc_build bench/freeze/freeze_bench.cu "$bin" include/gvm/control_block.h include/gvm/self_command.h || exit 1
-mkdir -p bench/results
+gvm_bench_cuda bench/freeze/freeze_bench.cu "$bin"
 shm=$(mktemp -d /dev/shm/gvm-freeze-bench.XXXXXX)
 trap 'rm -rf "$shm"' EXIT
 json=bench/results/freeze.json

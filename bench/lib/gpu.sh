@@ -1,6 +1,9 @@
 # shellcheck shell=bash
 # Sourced by the bench run.sh scripts (bash, from the repository root; `say` defined by the caller).
 #   gvm_gpus_or_skip            exits 0 with "SKIP: ..." where no NVIDIA GPU is listed (CI), else says which
+#   gvm_bench_cuda SRC BIN      the start of a CUDA bench: skip without a GPU, the agent built ($agent set),
+#                               BIN built from SRC (its deps: the control block and self-command headers),
+#                               bench/results/ made; exits 1 with a message on failure
 #   gvm_nvcc_build SRC BIN [DEP...]
 #                               builds BIN from SRC with nvcc (-O2 -std=c++17 -arch=$NVCC_ARCH, default sm_90,
 #                               -I include, libcuda from the toolkit's stubs) when BIN is missing or older than
@@ -35,4 +38,13 @@ gvm_nvcc_build() {
     -L"$cuda_home/lib64/stubs" -L"$cuda_home/targets/x86_64-linux/lib/stubs" -lcuda \
     || { say "ERROR: nvcc failed"; return 1; }
   echo "$arch" > "$bin.arch"
+}
+
+gvm_bench_cuda() {
+  gvm_gpus_or_skip
+  # shellcheck source=bench/lib/build-agent.sh
+  source "$root/bench/lib/build-agent.sh"
+  gvm_ensure_agent || exit 1
+  gvm_nvcc_build "$1" "$2" include/gvm/control_block.h include/gvm/self_command.h || exit 1
+  mkdir -p bench/results
 }

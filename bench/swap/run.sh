@@ -19,15 +19,8 @@ cd "$root"
 
 # shellcheck source=bench/lib/gpu.sh
 source "$root/bench/lib/gpu.sh"
-gvm_gpus_or_skip
-
-# shellcheck source=bench/lib/build-agent.sh
-source "$root/bench/lib/build-agent.sh"
-gvm_ensure_agent || exit 1
-
 bin=$root/build/bench/swap_bench
-gvm_nvcc_build bench/swap/swap_bench.cu "$bin" include/gvm/control_block.h include/gvm/self_command.h || exit 1
-mkdir -p bench/results
+gvm_bench_cuda bench/swap/swap_bench.cu "$bin"
 
 export GVM_SWAP_POOL_MIB=${GVM_SWAP_POOL_MIB:-17408}
 shm=$(mktemp -d /dev/shm/gvm-swap-bench.XXXXXX)
