@@ -122,13 +122,14 @@ def run_case(case, job, a, tmp):
     try:
         if case not in ("server-alone", "server-agent"):
             logs["be"] = open(f"{d}/be.log", "w")
-            be = spawn(be_pre + [PY, os.path.join(WORK, JOBS[job]), "--ready", f"{d}/be.ready", "--out", f"{d}/be.json"] + be_args,
+            be = spawn(be_pre + [PY, os.path.join(WORK, JOBS[job]), "--ready", f"{d}/be.ready", "--out", f"{d}/be.json"] + be_args + shlex.split(a.job_args),
                        env, logs["be"])
         if case != "be-alone":
             logs["srv"] = open(f"{d}/srv.log", "w")
             srv = spawn(srv_pre + [PY, os.path.join(WORK, "llm_server.py"), "--rate", str(a.rate), "--duration-s", str(a.duration),
                                    "--idle-s", str(a.idle), "--ready", f"{d}/srv.ready", "--start-file", f"{d}/start",
-                                   "--out", f"{d}/srv.json", "--linger-s", "2", "--engine", a.engine] + srv_args, env, logs["srv"])
+                                   "--out", f"{d}/srv.json", "--linger-s", "2", "--engine", a.engine] + srv_args + shlex.split(a.server_args),
+                    env, logs["srv"])
         be_ready = wait_file(f"{d}/be.ready", be, 240) if be else None
         srv_ready = wait_file(f"{d}/srv.ready", srv, 240) if srv else None
         open(f"{d}/start", "w").close()
@@ -207,6 +208,10 @@ def main():
     ap.add_argument("--job", choices=list(JOBS), default="lora")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--rate", type=float, default=1.5)
+    ap.add_argument("--server-args", default="", help="more options for workloads/llm_server.py, e.g. '--max-batch 32'")
+    ap.add_argument("--job-args", default="", help="more options for the best-effort job's script")
+    ap.add_argument("--tag", default="", help="results go to colocation-<job>-<tag>.json/.png (a partial or trial run "
+                                              "must not replace the full run's files)")
     ap.add_argument("--engine", choices=("graph", "eager"), default="graph",
                     help="the server's engine: graph (static cache, CUDA graphs: GPU-bound) or eager (CPU-bound)")
     ap.add_argument("--duration", type=float, default=12)
@@ -282,11 +287,12 @@ def main():
     out = {"job": a.job, "gpu": gpu_name(), "gpu_gib": total_gib, "swap_limit": a.swap_limit, "ballast_gb": a.ballast_gb,
            "grow_gb": a.grow_gb, "rate": a.rate, "engine": a.engine, "duration_s": a.duration, "idle_s": a.idle, "idle_ms": a.idle_ms, "results": results}
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    name = f"colocation-{a.job}" + (f"-{a.tag}" if a.tag else "")
     for dest in filter(None, [os.path.join(ROOT, "bench", "results"), os.environ.get("OUT")]):
-        with open(os.path.join(dest, f"colocation-{a.job}.json"), "w") as f:
+        with open(os.path.join(dest, f"{name}.json"), "w") as f:
             json.dump(out, f, indent=1)
         try:
-            plot(results, a.job, os.path.join(dest, f"colocation-{a.job}.png"))
+            plot(results, a.job, os.path.join(dest, f"{name}.png"))
         except Exception as e:  # the numbers matter more than the picture
             say(f"plot failed: {e}")
 
