@@ -258,7 +258,7 @@ async function cmdRun(args: string[]): Promise<number> {
 
   const agent = agentPath();
   /* refused here rather than run uncontrolled: the user asked for control, and nothing has started yet */
-  const problem = shmProblem(shmDir(), native().layout().controlBlock!.sizeof!);
+  const problem = shmProblem(shmDir(), controlBlockBytes());
   if (problem !== undefined) {
     throw new GvmError(
       `cannot run ${command[0]} under gvm: its control block cannot be created (${problem}); ` +
@@ -289,6 +289,15 @@ async function cmdRun(args: string[]): Promise<number> {
       else done(code ?? 0);
     });
   });
+}
+
+/** A control block's size; a page when the addon cannot say (gvm run needs only the agent). */
+function controlBlockBytes(): number {
+  try {
+    return native().layout().controlBlock?.sizeof ?? 4096;
+  } catch {
+    return 4096;
+  }
 }
 
 // --- ps --------------------------------------------------------------------------------------------
