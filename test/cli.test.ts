@@ -96,6 +96,20 @@ t.test('run: LD_PRELOAD, settings, exit status', async (t) => {
   t.match(r6.stderr, /cannot find the gvm agent libgvm\.so; tried:\n {2}\/nonexistent\/libgvm\.so\n.*GVM_AGENT_PATH.*\(EGVM_NOT_FOUND\)/s);
 });
 
+t.test('run --swap-prewarm: whole MiB, rounded up; bad sizes refused', async (t) => {
+  const env = { GVM_AGENT_PATH: NOOP_PRELOAD, GVM_SWAP_PREWARM_MIB: '' };
+  for (const [size, mib] of [['8G', '8192'], ['1.5M', '2'], ['1', '1'], ['0', '0']] as const) {
+    const r = gvm(['run', '--swap-prewarm', size, '--', 'sh', '-c', 'echo "$GVM_SWAP_PREWARM_MIB"'], env);
+    t.equal(r.status, 0, r.stderr);
+    t.equal(r.stdout, `${mib}\n`, `${size} -> ${mib} MiB`);
+  }
+  for (const bad of ['-1G', 'lots', '1KB']) {
+    const r = gvm(['run', '--swap-prewarm', bad, '--', 'true'], env);
+    t.equal(r.status, 2, `${bad}: exit 2`);
+    t.match(r.stderr, /^gvm: --swap-prewarm: /, `${bad}: says which option`);
+  }
+});
+
 t.test('run forwards SIGTERM to the child', async (t) => {
   const child = spawn(process.execPath, [CLI, 'run', '--', 'sh', '-c', 'trap "echo got-term; exit 42" TERM; echo started; while :; do sleep 0.05; done'], {
     env: { ...process.env, GVM_AGENT_PATH: NOOP_PRELOAD },

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { AGENT, FAKE, FAKE_RM, Prog, fakeEnv, spawnFake } from './fake-prog';
+import { AGENT, FAKE, FAKE_RM, Prog, fakeEnv, spawnFake, until } from './fake-prog';
 import { tmpShm } from './helpers';
 
 const PROG = path.join(FAKE, 'bin', 'gvm-memory-prog');
@@ -159,6 +159,61 @@ for (const mode of ['oom', 'swap'] as const) {
     t.ok(lines.includes('0 failure(s)'));
   });
 }
+
+for (const prewarm of [true, false]) {
+  t.test(`swap mode ${prewarm ? 'with' : 'without'} a pre-warm: ${prewarm ? 'the first move out creates no host memory' : 'a move out creates its host memory'}`, async (t) => {
+    const shm = tmpShm(t);
+    const trace = path.join(shm, 'trace');
+    const creates = () => (fs.existsSync(trace) ? fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l === 'cuMemCreate').length : 0);
+    const env: NodeJS.ProcessEnv = { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_LOG: 'info', FAKE_CUDA_TRACE: trace };
+    if (prewarm) env.GVM_SWAP_PREWARM_MIB = '4096';
+    const prog = memProg(t, shm, ['swap', 'seed=9', 'count=6'], env);
+    const total = Number((await prog.line('READY')).split(' ')[2]);
+    using p = await Gvm.process(prog.child.pid!, { shmDir: shm });
+    const g = p.gpu(0);
+    if (prewarm) {
+      // it follows the ranges as they appear, and says so each time it has caught up
+      const done = new RegExp(`swap pre-warm: host memory ready for ${total / MiB} MiB on GPU 0 \\(\\d+ MiB made\\)`);
+      t.ok(await until(() => done.test(prog.stderr), 10000), 'host memory ready for every range, and said so');
+      const made = [...prog.stderr.matchAll(/\((\d+) MiB made\)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+      t.equal(made, total / MiB, 'made once for each range, none twice');
+    } else {
+      await new Promise((r) => setTimeout(r, 600)); // two mover passes: time enough for a pre-warm, were there one
+      t.notMatch(prog.stderr, /pre-warm/, 'no pre-warm unless asked for');
+    }
+    const before = creates();
+    await g.setMemoryLimit(2 * MiB);
+    t.ok(g.memory.swapCurrent >= total - 2 * MiB, `moved out (${g.memory.swapCurrent / MiB} of ${total / MiB} MiB)`);
+    const during = creates() - before;
+    if (prewarm) {
+      t.equal(during, 0, 'no host memory created inside the move: it was ready');
+      await new Promise((r) => setTimeout(r, 600)); // two mover passes
+      t.equal(creates() - before, 0, 'nor after it: what is on the host counts against the pre-warm, no second reserve');
+    }
+    else t.ok(during >= 5, `the move created its host memory (${during} cuMemCreate calls)`);
+    t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 6', 'every byte on the host');
+    await g.setMemoryLimit(total);
+    t.same([g.memory.current, g.memory.swapCurrent], [total, 0], 'and back');
+    t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 6', 'every byte back on the GPU');
+  });
+}
+
+t.test('swap pre-warm larger than the pool: it stops at the pool, says so once, and churns nothing', async (t) => {
+  const shm = tmpShm(t);
+  const trace = path.join(shm, 'trace');
+  const creates = () => (fs.existsSync(trace) ? fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l === 'cuMemCreate').length : 0);
+  const prog = memProg(t, shm, ['swap', 'seed=9', 'count=6'], {
+    GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_LOG: 'info', FAKE_CUDA_TRACE: trace,
+    GVM_SWAP_PREWARM_MIB: '4096', GVM_SWAP_POOL_MIB: '8',
+  });
+  await prog.line('READY');
+  t.ok(await until(() => /swap pre-warm stopped at \d+ MiB for GPU 0: GVM_SWAP_POOL_MIB is smaller/.test(prog.stderr), 10000), 'a clear warning');
+  const settled = creates();
+  await new Promise((r) => setTimeout(r, 700)); // more than two mover passes
+  t.equal(creates(), settled, 'no host memory made and dropped over and over');
+  t.equal(prog.stderr.match(/pre-warm stopped/g)?.length, 1, 'said once');
+  t.equal(await prog.ask('verify', 'VERIFIED'), 'VERIFIED ok 6', 'the program unharmed');
+});
 
 t.test('swap mode: a frozen process is moved to the host and back while it stays frozen', async (t) => {
   const shm = tmpShm(t);

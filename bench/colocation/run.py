@@ -10,7 +10,8 @@ training job (LoRA fine-tune or UNet diffusion), every case in one run:
   gvm-auto       server --class latency, best-effort --class best-effort (the automatic policy)
   gvm-auto-swap  gvm-auto with the best-effort job memory-limited in swap mode and holding a ballast,
                  while the server grows its KV pool (so the server's growth needs the policy to move
-                 best-effort memory to the host)
+                 best-effort memory to the host); the job pre-warms host memory for what it will lend
+                 (--prewarm-gb, default the growth + 1 GiB; 0 for none)
 
 In each two-process case both start together; once both are warm, a start file opens the server's
 idle phase (the best-effort job's "server idle" throughput), then its load phase (Poisson arrivals).
@@ -113,6 +114,9 @@ def run_case(case, job, a, tmp):
         be_pre = CLI + ["run", "--class", "best-effort", "--idle-ms", str(a.idle_ms)]
         if case == "gvm-auto-swap":
             be_pre += ["--memory-mode", "swap", "--memory-limit", a.swap_limit]
+            if a.prewarm_gb > 0:  # the job expects to lend the server's growth: its host memory made ahead
+                be_pre += ["--swap-prewarm", f"{a.prewarm_gb}G"]
+                env["GVM_SWAP_POOL_MIB"] = str(max(16384, int(a.prewarm_gb * 1024)))
             be_args = ["--ballast-gb", str(a.ballast_gb)]
             srv_args = ["--grow-cache-gb", str(a.grow_gb)]
         be_pre = be_pre + ["--"]
@@ -220,6 +224,8 @@ def main():
     ap.add_argument("--swap-limit", default="", help="best-effort limit in gvm-auto-swap (default: GPU size - 20 GiB)")
     ap.add_argument("--ballast-gb", type=float, default=0, help="its ballast (default: GPU size - 36 GiB)")
     ap.add_argument("--grow-gb", type=float, default=20)
+    ap.add_argument("--prewarm-gb", type=float, default=-1,
+                    help="gvm-auto-swap: the job's --swap-prewarm (default: the server's growth + 1 GiB; 0: none)")
     a = ap.parse_args()
     # sized from the GPU so that the best-effort job fits under its limit but the server's growth
     # does not fit beside it: the policy has to move best-effort memory to the host
@@ -228,7 +234,10 @@ def main():
         a.swap_limit = f"{int(total_gib - 20)}G"
     if not a.ballast_gb:
         a.ballast_gb = max(1, int(total_gib - 36))
-    say(f"GPU {gpu_name()} {total_gib:.1f} GiB: best-effort limit {a.swap_limit}, ballast {a.ballast_gb} GiB, server growth {a.grow_gb} GiB")
+    if a.prewarm_gb < 0:
+        a.prewarm_gb = a.grow_gb + 1
+    say(f"GPU {gpu_name()} {total_gib:.1f} GiB: best-effort limit {a.swap_limit}, ballast {a.ballast_gb} GiB, "
+        f"server growth {a.grow_gb} GiB, job's swap pre-warm {a.prewarm_gb} GiB")
     tmp = tempfile.mkdtemp(prefix="gvm-coloc-", dir=os.environ.get("OUT") or None)
     results = []
     for case in a.cases.split(","):
@@ -285,7 +294,7 @@ def main():
             print(f"gvm-auto vs {base}: p99 TTFT {b['ttft_p99'] / g['ttft_p99']:.1f}x better, p99 TPOT {b['tpot_p99'] / g['tpot_p99']:.1f}x better")
 
     out = {"job": a.job, "gpu": gpu_name(), "gpu_gib": total_gib, "swap_limit": a.swap_limit, "ballast_gb": a.ballast_gb,
-           "grow_gb": a.grow_gb, "rate": a.rate, "engine": a.engine, "duration_s": a.duration, "idle_s": a.idle, "idle_ms": a.idle_ms, "results": results}
+           "grow_gb": a.grow_gb, "prewarm_gb": a.prewarm_gb, "rate": a.rate, "engine": a.engine, "duration_s": a.duration, "idle_s": a.idle, "idle_ms": a.idle_ms, "results": results}
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     name = f"colocation-{a.job}" + (f"-{a.tag}" if a.tag else "")
     for dest in filter(None, [os.path.join(ROOT, "bench", "results"), os.environ.get("OUT")]):

@@ -53,7 +53,8 @@ static CUresult create(int device, uint64_t size, bool on_device, CUmemGenericAl
  * slow part of that (cuMemSetAccess builds the GPU's page tables for every page), so each host
  * handle keeps its staging mapping for as long as it lives, in the pool and out of it: a warm move
  * to the host is one copy and one remap. The mover stages pooled handles that lack a staging mapping
- * between passes (gvm_backing_prestage), outside any quiet window.
+ * between passes (gvm_backing_prestage), outside any quiet window. GVM_SWAP_PREWARM_MIB has the mover
+ * fill the pool ahead of need (gvm_backing_prewarm, swap.c), so that even the first moves are warm.
  */
 #define POOL_SLOTS 512
 static struct {
@@ -193,6 +194,28 @@ void gvm_backing_prestage(int device) {
     gvm_backing_give_back(h, size, false);
     if (!staged) return; /* no room to remember stages: leave the rest as they are */
   }
+}
+
+size_t gvm_backing_pooled(uint64_t size) {
+  size_t n = 0;
+  pthread_mutex_lock(&pool_lock);
+  for (int i = 0; i < POOL_SLOTS; i++) n += pool[i].size == size;
+  pthread_mutex_unlock(&pool_lock);
+  return n;
+}
+
+CUresult gvm_backing_prewarm(int device, uint64_t size) {
+  pthread_mutex_lock(&pool_lock);
+  bool room = pool_bytes + size <= pool_cap();
+  pthread_mutex_unlock(&pool_lock);
+  if (!room) return CUDA_ERROR_OUT_OF_MEMORY; /* it would be released again at once */
+  CUmemGenericAllocationHandle h;
+  CUresult r = create(device, size, false, &h);
+  if (r != CUDA_SUCCESS) return r;
+  CUdeviceptr va;
+  (void)stage(device, size, h, &va); /* unstaged it still saves the creation; the mover stages it later */
+  gvm_backing_give_back(h, size, false);
+  return CUDA_SUCCESS;
 }
 
 void gvm_backing_give_back(CUmemGenericAllocationHandle handle, uint64_t size, bool on_device) {

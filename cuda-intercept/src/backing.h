@@ -19,6 +19,11 @@ void gvm_backing_give_back(CUmemGenericAllocationHandle handle, uint64_t size, b
 /* host memory mapped for `device` at a staging range that stays with the handle (see backing.c) */
 CUresult gvm_backing_stage(int device, uint64_t size, CUmemGenericAllocationHandle *handle, CUdeviceptr *va);
 void gvm_backing_prestage(int device); /* stages pooled host memory that has no staging range yet */
+/* pooled host handles of exactly this size */
+size_t gvm_backing_pooled(uint64_t size);
+/* one more host handle of this size, staged for `device`, into the pool (CUDA_ERROR_OUT_OF_MEMORY
+ * when the pool has no room left for it) */
+CUresult gvm_backing_prewarm(int device, uint64_t size);
 /* where a host handle is mapped for `device` besides its range; 0 when it has no such staging range */
 CUdeviceptr gvm_backing_staged_at(CUmemGenericAllocationHandle handle, int device);
 CUresult gvm_backing_attach(CUdeviceptr va, uint64_t size, int device, CUmemGenericAllocationHandle handle);
