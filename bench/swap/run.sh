@@ -10,7 +10,8 @@
 # agent's debug lines.
 # Environment: GVM_AGENT (default build/Release/libgvm.so), NVCC, NVCC_ARCH (default sm_90), OUT,
 #   GVM_SWAP_POOL_MIB (default 17408: the 16 GiB case fits the warm pool), and the mover's tunables
-#   (GVM_SWAP_STREAMS, GVM_SWAP_CHUNK_MIB: see cuda-intercept/src/swap.c) passed through as set.
+#   (GVM_SWAP_STREAMS, GVM_SWAP_CHUNK_MIB, GVM_SWAP_PREWARM_MIB: see cuda-intercept/src/swap.c) passed
+#   through as set; with GVM_SWAP_PREWARM_MIB round 1 waits for the pre-warm and is "prewarmed".
 set -euo pipefail
 
 say() { printf '[swap] %s\n' "$*"; }
