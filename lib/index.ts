@@ -23,7 +23,7 @@ import {
   KernelBlock,
   kernelPids,
 } from './backend/kernel';
-import { codeForStatus, GvmError, GvmStatus, isGvmError, statusName } from './errors';
+import { codeForStatus, GvmError, isGvmError, statusName } from './errors';
 import { native, NativeControlBlock, NativeGpu, NativeRm } from './native';
 import { shmDir } from './paths';
 import { blockPath, machineGpuIndex, machineGpuOrder, userName } from './system';
