@@ -366,10 +366,11 @@ static void rebalance(int gpu, struct gvm_swap_candidate *cands, struct move *mo
  * the exact size the pool hands out, until the oldest prewarm_bytes are covered. One handle per call,
  * so that a kick waits for one creation at most. Returns whether it made one.
  */
+static bool prewarm_given_up;
+static uint64_t prewarm_made[GVM_MAX_GPUS]; /* since the target was last reached, for the log */
+
 static bool prewarm_step(int gpu, struct gvm_swap_candidate *cands) {
-  static bool given_up;
-  static uint64_t made[GVM_MAX_GPUS]; /* since the target was last reached, for the log */
-  if (!prewarm_bytes || given_up || GVM_LOAD(&gvm_block->gpu[gpu].memory_mode) != GVM_MEMORY_MODE_SWAP) return false;
+  if (!prewarm_bytes || prewarm_given_up || GVM_LOAD(&gvm_block->gpu[gpu].memory_mode) != GVM_MEMORY_MODE_SWAP) return false;
   /* what is on the host already has its host memory: the budget covers the rest */
   uint64_t covered = 0;
   size_t n = gvm_swap_candidates(gpu, false, cands, MAX_MOVES);
@@ -383,19 +384,19 @@ static bool prewarm_step(int gpu, struct gvm_swap_candidate *cands) {
     if (!ensure_context(gpu)) return false;
     CUresult r = gvm_backing_prewarm(gvm_gpus[gpu].device, cands[i].size);
     if (r != CUDA_SUCCESS) {
-      given_up = true; /* the pool is full (GVM_SWAP_POOL_MIB) or the host has no more to pin */
+      prewarm_given_up = true; /* the pool is full (GVM_SWAP_POOL_MIB) or the host has no more to pin */
       gvm_log(GVM_LOG_WARN, "swap pre-warm stopped at %llu MiB for GPU %d: %s (%d)",
               (unsigned long long)((covered - cands[i].size) >> 20), gpu,
               r == CUDA_ERROR_OUT_OF_MEMORY ? "GVM_SWAP_POOL_MIB is smaller" : "host memory could not be pinned", (int)r);
       return false;
     }
-    made[gpu] += cands[i].size;
+    prewarm_made[gpu] += cands[i].size;
     return true;
   }
-  if (made[gpu]) {
+  if (prewarm_made[gpu]) {
     gvm_log(GVM_LOG_INFO, "swap pre-warm: host memory ready for %llu MiB on GPU %d (%llu MiB made)",
-            (unsigned long long)(covered >> 20), gpu, (unsigned long long)(made[gpu] >> 20));
-    made[gpu] = 0;
+            (unsigned long long)(covered >> 20), gpu, (unsigned long long)(prewarm_made[gpu] >> 20));
+    prewarm_made[gpu] = 0;
   }
   return false;
 }
@@ -477,8 +478,11 @@ void gvm_swap_stop(void) {
 
 void gvm_swap_reset(void) {
   mover_running = false;
+  prewarm_given_up = false; /* a forked child's pool starts empty: its pre-warm starts over */
+
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
     mover_ctx[g] = NULL;
+    prewarm_made[g] = 0;
     for (int i = 0; i < MAX_STREAMS; i++) mover_stream[g][i] = NULL;
   }
 }
