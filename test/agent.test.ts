@@ -337,12 +337,31 @@ t.test('compute control through the fake RM: priority, freeze and thaw with the 
   t.equal(g.compute.frozen, false);
   const after = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /2080110b/i.test(l));
   t.equal(after.length, 2, 'thaw re-enabled the channels');
+  const enable = disableParams(after[1]);
+  t.same([enable[0], enable.readUInt32LE(4), enable[8]], [0, 11, 1], 'enable: bDisable=0, 11 channels, bOnlyDisableScheduling=1');
 
   const cli = gvm(['freeze', String(ready.pid)], { GVM_SHM_DIR: shm });
   t.equal(cli.status, 0, cli.stderr);
   t.match(cli.stdout, new RegExp(`^${ready.pid}:0 frozen`, 'm'));
   t.equal(gvm(['get', `${ready.pid}:0`, 'compute.freeze'], { GVM_SHM_DIR: shm }).stdout.trim(), '1');
   t.equal(gvm(['thaw', String(ready.pid)], { GVM_SHM_DIR: shm }).status, 0);
+});
+
+t.test('GVM_RM_THAW=full: the thaw enables with bOnlyDisableScheduling=0 (the A/B of bench/freeze)', async (t) => {
+  const shm = tmpShm(t);
+  const log = path.join(shm, 'rm.log');
+  const prog = start(t, shm, 'direct', 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_RM_LOG: log, GVM_RM_THAW: 'full' });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  await g.freeze();
+  const thawed = await g.thaw();
+  t.match(thawed.message, /^thawed: 11 channels enabled in/);
+  const enables = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /2080110b/i.test(l)).map(disableParams).filter((b) => b[0] === 0);
+  t.equal(enables.length, 1, 'one enable');
+  t.equal(enables[0]?.[8], 0, 'bOnlyDisableScheduling=0');
+  await prog.line('SYNCED', prog.send('sync'));
+  t.pass('the program runs on after the thaw');
 });
 
 function disableParams(line: string | undefined): Buffer {

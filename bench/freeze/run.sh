@@ -3,7 +3,9 @@
 # freeze/thaw cycles on a counter kernel, prints the table (with the RM controls' own time apart from
 # the command's delivery); JSON to bench/results/freeze.json (and $OUT/freeze.json when $OUT is set).
 # Usage: bash bench/freeze/run.sh [CYCLES, default 200]. Environment: GVM_AGENT, NVCC, NVCC_ARCH, OUT,
-# GVM_RM_STOP (preempt|disable: force one way of stopping channels, see cuda-intercept/src/compute.c).
+# GVM_RM_STOP (preempt|disable: force one way of stopping channels), GVM_RM_THAW (full: enable with
+# bOnlyDisableScheduling cleared); see cuda-intercept/src/compute.c. An A/B of the thaw in one call:
+#   bash bench/freeze/run.sh 200; GVM_RM_THAW=full bash bench/freeze/run.sh 200
 set -euo pipefail
 
 say() { printf '[freeze] %s\n' "$*"; }
