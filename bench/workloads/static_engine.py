@@ -122,6 +122,7 @@ class StaticEngine:
         self.tok.index_copy_(0, self.p_slot, self.p_next)
         self.pos.index_copy_(0, self.p_slot, self.p_len)
 
+    @torch.no_grad()  # a captured step must not build autograd state (the model's weights require grad)
     def _capture(self):
         steps = [("decode", self._decode_step)] + [(n, (lambda n=n: self._prefill_step(n))) for n in self.buckets]
         side = torch.cuda.Stream()
@@ -157,6 +158,7 @@ class StaticEngine:
         self.tok.zero_()
         self.pos.zero_()
 
+    @torch.no_grad()
     def prefill(self, slot, prompt):
         n = len(prompt)
         b = self.bucket(n)
@@ -166,6 +168,7 @@ class StaticEngine:
         self._run(b, lambda: self._prefill_step(b))
         return int(self.p_next[0])
 
+    @torch.no_grad()
     def decode(self):
         self._run("decode", self._decode_step)
         return self.tok.tolist()
