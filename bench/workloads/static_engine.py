@@ -48,7 +48,6 @@ class StaticEngine:
         # decode state, one row per slot; the graphs read and write these tensors in place
         self.tok = torch.zeros(slots, dtype=torch.long, device=dev)
         self.pos = torch.zeros(slots, dtype=torch.long, device=dev)
-        self.rows = torch.arange(slots, device=dev)
         self.cols = torch.arange(max_len, device=dev)
         # prefill inputs
         self.p_tok = torch.zeros(1, self.buckets[-1], dtype=torch.long, device=dev)
