@@ -8,6 +8,7 @@ import * as readline from 'node:readline';
 import t from 'tap';
 
 import { Gvm, GvmKey, GvmProcess } from '../lib/index';
+import { traceCalls } from './fake-prog';
 import { RELEASE, ROOT, tmpShm } from './helpers';
 
 const FAKE = path.join(ROOT, 'build', 'fake');
@@ -85,11 +86,7 @@ async function run(t: Tap.Test, tree: boolean, env: NodeJS.ProcessEnv = {}): Pro
       child.stdin.write(`${line}\n`);
       return next(prefix, mark);
     },
-    calls: () => {
-      const m = new Map<string, number>();
-      for (const name of fs.readFileSync(trace, 'utf8').split('\n')) if (name) m.set(name, (m.get(name) ?? 0) + 1);
-      return m;
-    },
+    calls: () => traceCalls(trace),
   };
 }
 

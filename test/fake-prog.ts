@@ -1,5 +1,6 @@
 // A program of the fake driver (build/fake/bin) under the real agent, driven line by line over stdin.
 import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 
@@ -109,3 +110,10 @@ export async function until(fn: () => boolean, ms = 5000): Promise<boolean> {
   return fn();
 }
 
+/** How often the fake driver was called, by exported name, from a FAKE_CUDA_TRACE file (empty before it exists). */
+export function traceCalls(trace: string): Map<string, number> {
+  const m = new Map<string, number>();
+  if (!fs.existsSync(trace)) return m;
+  for (const name of fs.readFileSync(trace, 'utf8').split('\n')) if (name) m.set(name, (m.get(name) ?? 0) + 1);
+  return m;
+}

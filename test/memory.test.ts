@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { AGENT, FAKE, FAKE_RM, Prog, fakeEnv, spawnFake, until } from './fake-prog';
+import { AGENT, FAKE, FAKE_RM, Prog, fakeEnv, spawnFake, traceCalls, until } from './fake-prog';
 import { tmpShm } from './helpers';
 
 const PROG = path.join(FAKE, 'bin', 'gvm-memory-prog');
@@ -164,7 +164,7 @@ for (const prewarm of [true, false]) {
   t.test(`swap mode ${prewarm ? 'with' : 'without'} a pre-warm: ${prewarm ? 'the first move out creates no host memory' : 'a move out creates its host memory'}`, async (t) => {
     const shm = tmpShm(t);
     const trace = path.join(shm, 'trace');
-    const creates = () => (fs.existsSync(trace) ? fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l === 'cuMemCreate').length : 0);
+    const creates = () => traceCalls(trace).get('cuMemCreate') ?? 0;
     const env: NodeJS.ProcessEnv = { GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_LOG: 'info', FAKE_CUDA_TRACE: trace };
     if (prewarm) env.GVM_SWAP_PREWARM_MIB = '4096';
     const prog = memProg(t, shm, ['swap', 'seed=9', 'count=6'], env);
@@ -201,13 +201,13 @@ for (const prewarm of [true, false]) {
 t.test('swap pre-warm larger than the pool: it stops at the pool, says so once, and churns nothing', async (t) => {
   const shm = tmpShm(t);
   const trace = path.join(shm, 'trace');
-  const creates = () => (fs.existsSync(trace) ? fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l === 'cuMemCreate').length : 0);
+  const creates = () => traceCalls(trace).get('cuMemCreate') ?? 0;
   const prog = memProg(t, shm, ['swap', 'seed=9', 'count=6'], {
     GVM_MEMORY_MODE: 'swap', GVM_RM_ANY_DRIVER: '1', GVM_LOG: 'info', FAKE_CUDA_TRACE: trace,
     GVM_SWAP_PREWARM_MIB: '4096', GVM_SWAP_POOL_MIB: '8',
   });
   await prog.line('READY');
-  t.ok(await until(() => /swap pre-warm stopped at \d+ MiB for GPU 0: GVM_SWAP_POOL_MIB is smaller/.test(prog.stderr), 10000), 'a clear warning');
+  t.ok(await until(() => /swap pre-warm stopped short of \d+ MiB for GPU 0: GVM_SWAP_POOL_MIB is smaller/.test(prog.stderr), 10000), 'a clear warning');
   const settled = creates();
   await new Promise((r) => setTimeout(r, 700)); // more than two mover passes
   t.equal(creates(), settled, 'no host memory made and dropped over and over');

@@ -361,32 +361,39 @@ static void rebalance(int gpu, struct gvm_swap_candidate *cands, struct move *mo
   move_batch(gpu, moves, count, !out);
 }
 
-/*
- * One step of the pre-warm (GVM_SWAP_PREWARM_MIB): host memory for the next of the oldest ranges, in
- * the exact size the pool hands out, until the oldest prewarm_bytes are covered. One handle per call,
- * so that a kick waits for one creation at most. Returns whether it made one.
- */
 static bool prewarm_given_up;
 static uint64_t prewarm_made[GVM_MAX_GPUS]; /* since the target was last reached, for the log */
 
+static int by_size(const void *x, const void *y) {
+  const struct gvm_swap_candidate *a = x, *b = y;
+  return a->size < b->size ? -1 : a->size > b->size;
+}
+
+/*
+ * One step of the pre-warm (GVM_SWAP_PREWARM_MIB): host memory for the ranges that would move out
+ * first (what is on the host already counts against the budget; the oldest ranges on the GPU are
+ * next), in the exact sizes the pool hands out. One handle per call, so that a kick waits for one
+ * creation at most. Returns whether it made one.
+ */
 static bool prewarm_step(int gpu, struct gvm_swap_candidate *cands) {
   if (!prewarm_bytes || prewarm_given_up || GVM_LOAD(&gvm_block->gpu[gpu].memory_mode) != GVM_MEMORY_MODE_SWAP) return false;
-  /* what is on the host already has its host memory: the budget covers the rest */
   uint64_t covered = 0;
   size_t n = gvm_swap_candidates(gpu, false, cands, MAX_MOVES);
   for (size_t i = 0; i < n; i++) covered += cands[i].size;
   n = gvm_swap_candidates(gpu, true, cands, MAX_MOVES);
-  for (size_t i = 0; i < n && covered + cands[i].size <= prewarm_bytes; i++) {
-    covered += cands[i].size;
-    size_t same = 0; /* ranges of this size up to here: each wants its own pooled handle */
-    for (size_t j = 0; j <= i; j++) same += cands[j].size == cands[i].size;
-    if (gvm_backing_pooled(cands[i].size) >= same) continue;
+  size_t k = 0;
+  while (k < n && covered + cands[k].size <= prewarm_bytes) covered += cands[k++].size;
+  /* each of those ranges wants a pooled handle of its own size: compare the counts size by size */
+  qsort(cands, k, sizeof *cands, by_size);
+  for (size_t i = 0, j; i < k; i = j) {
+    for (j = i; j < k && cands[j].size == cands[i].size; j++) {}
+    if (gvm_backing_pooled(cands[i].size) >= j - i) continue;
     if (!ensure_context(gpu)) return false;
     CUresult r = gvm_backing_prewarm(gvm_gpus[gpu].device, cands[i].size);
     if (r != CUDA_SUCCESS) {
       prewarm_given_up = true; /* the pool is full (GVM_SWAP_POOL_MIB) or the host has no more to pin */
-      gvm_log(GVM_LOG_WARN, "swap pre-warm stopped at %llu MiB for GPU %d: %s (%d)",
-              (unsigned long long)((covered - cands[i].size) >> 20), gpu,
+      gvm_log(GVM_LOG_WARN, "swap pre-warm stopped short of %llu MiB for GPU %d: %s (%d)",
+              (unsigned long long)(covered >> 20), gpu,
               r == CUDA_ERROR_OUT_OF_MEMORY ? "GVM_SWAP_POOL_MIB is smaller" : "host memory could not be pinned", (int)r);
       return false;
     }
@@ -479,7 +486,6 @@ void gvm_swap_stop(void) {
 void gvm_swap_reset(void) {
   mover_running = false;
   prewarm_given_up = false; /* a forked child's pool starts empty: its pre-warm starts over */
-
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
     mover_ctx[g] = NULL;
     prewarm_made[g] = 0;

@@ -9,6 +9,15 @@ import { agentPath, shmDir, shmProblem } from '../paths';
 import { parseBytes } from '../units';
 import { isHelp, optionValue, out, USAGE, UsageError } from './common';
 
+/** A size option's bytes; a usage error naming the option when the size is bad. */
+function sizeOption(name: string, value: string): bigint {
+  try {
+    return parseBytes(value);
+  } catch (e) {
+    throw new UsageError(`${name}: ${(e as Error).message}`, 'run');
+  }
+}
+
 export async function cmdRun(args: string[]): Promise<number> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   let i = 0;
@@ -26,31 +35,19 @@ export async function cmdRun(args: string[]): Promise<number> {
     const name = arg.split('=')[0]!;
     let value: string;
     switch (name) {
-      case '--memory-limit': {
+      case '--memory-limit':
         [value, i] = optionValue(args, i, name, 'run');
-        try {
-          env.GVM_MEMORY_LIMIT = parseBytes(value).toString();
-        } catch (e) {
-          throw new UsageError(`--memory-limit: ${(e as Error).message}`, 'run');
-        }
+        env.GVM_MEMORY_LIMIT = sizeOption(name, value).toString();
         break;
-      }
       case '--memory-mode':
         [value, i] = optionValue(args, i, name, 'run');
         if (value !== 'oom' && value !== 'swap') throw new UsageError(`--memory-mode must be oom or swap, not '${value}'`, 'run');
         env.GVM_MEMORY_MODE = value;
         break;
-      case '--swap-prewarm': {
+      case '--swap-prewarm':
         [value, i] = optionValue(args, i, name, 'run');
-        let bytes: bigint;
-        try {
-          bytes = parseBytes(value);
-        } catch (e) {
-          throw new UsageError(`--swap-prewarm: ${(e as Error).message}`, 'run');
-        }
-        env.GVM_SWAP_PREWARM_MIB = ((bytes + (1n << 20n) - 1n) >> 20n).toString(); /* whole MiB, rounded up */
+        env.GVM_SWAP_PREWARM_MIB = ((sizeOption(name, value) + (1n << 20n) - 1n) >> 20n).toString(); /* whole MiB, rounded up */
         break;
-      }
       case '--priority':
         [value, i] = optionValue(args, i, name, 'run');
         if (!/^\d+$/.test(value) || Number(value) > 15) throw new UsageError(`--priority must be an integer 0..15, not '${value}'`, 'run');
