@@ -29,7 +29,12 @@ enum fake_sym {
     FAKE_SYM_COUNT
 };
 void fake_call_hit(enum fake_sym sym);
-#define FAKE_ENTER(sym) fake_call_hit(FAKE_SYM_##sym)
+/* Every exported entry point opens a scope: while it is open the calling thread is "in the driver"
+ * (fakeCudaInDriver), so a test can tell what the agent does on a path from what the driver does. */
+int fake_scope_enter(enum fake_sym sym);
+void fake_scope_leave(int *scope);
+#define FAKE_ENTER(sym) \
+    int fake_scope_ __attribute__((cleanup(fake_scope_leave), unused)) = fake_scope_enter(FAKE_SYM_##sym)
 /* Failure injection: FAKE_CUDA_FAIL="cuMemSetAccess:4,cuMemcpyAsync:3" fails every 4th cuMemSetAccess
  * and every 3rd cuMemcpyAsync (counted from the call just recorded) with CUDA_ERROR_UNKNOWN. */
 int fake_call_fails(enum fake_sym sym);

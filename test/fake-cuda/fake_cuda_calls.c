@@ -42,6 +42,27 @@ void fake_call_hit(enum fake_sym sym)
     (void)w;
 }
 
+static _Thread_local int g_driver_depth;
+
+int fake_scope_enter(enum fake_sym sym)
+{
+    g_driver_depth++;
+    fake_call_hit(sym);
+    return 0;
+}
+
+void fake_scope_leave(int *scope)
+{
+    (void)scope;
+    g_driver_depth--;
+}
+
+/* Async-signal-safe: a seccomp SIGSYS handler asks it whose system call it caught. */
+API int fakeCudaInDriver(void)
+{
+    return g_driver_depth;
+}
+
 static unsigned long g_fail_every[FAKE_SYM_COUNT];
 static pthread_once_t g_fail_once = PTHREAD_ONCE_INIT;
 

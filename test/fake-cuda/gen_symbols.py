@@ -15,7 +15,7 @@ import re
 import sys
 from collections import defaultdict
 
-HELPERS = ["fakeCudaHoldGpu", "fakeCudaCallCount"]
+HELPERS = ["fakeCudaHoldGpu", "fakeCudaCallCount", "fakeCudaInDriver"]
 # The real driver answers some base names with a different entry point once the
 # requested version reaches the point where cuda.h started redirecting the name.
 ALIASES = [("cuGraphInstantiate", 12000, "cuGraphInstantiateWithFlags")]
