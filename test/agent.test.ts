@@ -3,6 +3,7 @@
 // threads, fork, exit and cleanup, the RM observer, and compute control through the fake RM.
 import { ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
 
@@ -444,6 +445,69 @@ t.test('without the RM path (unverified driver) priority is refused, freeze is s
   const r = await p.gpu(0).freeze();
   t.match(r.message, /software freeze/);
   await p.gpu(0).thaw();
+});
+
+/** An MPS control pipe directory (CUDA_MPS_PIPE_DIRECTORY) with its `control` entry, removed after the test. */
+function mpsPipe(t: Tap.Test): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-mps-'));
+  fs.writeFileSync(path.join(dir, 'control'), '');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+t.test("an MPS client (its work runs on the MPS server's channels): freeze holds launches, priority is refused", async (t) => {
+  const shm = tmpShm(t);
+  const env = { GVM_RM_ANY_DRIVER: '1', FAKE_CUDA_MPS_CLIENT: '1', CUDA_MPS_PIPE_DIRECTORY: mpsPipe(t) };
+  const prog = start(t, shm, 'direct', 'basic', env);
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  t.same(g.rm().tsgs, [], "no channel group in the process's own RM client");
+  await t.rejects(g.setPriority(15), { code: 'EGVM_UNSUPPORTED', message: /MPS client/ }, 'not "recorded for later"');
+  t.equal(g.compute.priority, 8, 'nothing changed');
+
+  const r = await g.freeze();
+  t.match(r.message, /^software freeze \(an MPS client/, 'not "frozen before the first channel"');
+  t.equal(g.compute.mode, 'software');
+  t.equal(g.compute.frozen, true);
+  const mark = prog.send('launch 3');
+  await new Promise((res) => setTimeout(res, 300));
+  t.notOk(prog.lines.slice(mark).some((l) => l.startsWith('LAUNCHED')), 'a launch waits at the hook while frozen');
+  await g.thaw();
+  t.equal(await prog.line('LAUNCHED', mark), 'LAUNCHED 3', 'and goes through at the thaw');
+  t.equal(g.compute.frozen, false);
+});
+
+t.test('no channel of its own and no MPS pipe: freeze is still software, priority is kept for later channels', async (t) => {
+  const shm = tmpShm(t);
+  const prog = start(t, shm, 'direct', 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_CUDA_MPS_CLIENT: '1', CUDA_MPS_PIPE_DIRECTORY: path.join(shm, 'none') });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  t.match((await g.setPriority(12)).message, /recorded; applied when the process creates its channels/);
+  t.match((await g.freeze()).message, /^software freeze \(no channel of its own on this GPU\)/);
+  await g.thaw();
+});
+
+t.test('an MPS client in swap mode: no move is made while kernels may run elsewhere, no byte lost', async (t) => {
+  const shm = tmpShm(t);
+  const MiB = 1 << 20;
+  const prog = start(t, shm, 'direct', 'buffers', {
+    GVM_MEMORY_LIMIT: String(10 * MiB),
+    GVM_MEMORY_MODE: 'swap',
+    GVM_RM_ANY_DRIVER: '1',
+    FAKE_CUDA_MPS_CLIENT: '1',
+    CUDA_MPS_PIPE_DIRECTORY: mpsPipe(t),
+  });
+  const ready = await prog.report('READY');
+  using p = await Gvm.process(ready.pid, { shmDir: shm });
+  const g = p.gpu(0);
+  t.same([g.memory.current, g.memory.swapCurrent], [8 * MiB, 16 * MiB], 'new allocations past the limit still go to the host');
+  await g.setMemoryLimit(100 * MiB);
+  await g.setMemoryLimit(4 * MiB);
+  t.same([g.memory.current, g.memory.swapCurrent], [8 * MiB, 16 * MiB], 'nothing was remapped under running kernels');
+  const mark = prog.send('verify');
+  t.equal(await prog.line('VERIFIED', mark), 'VERIFIED ok 6', 'every byte where it was');
 });
 
 t.test('the real CUDA runtime over the fake driver: documented as unsupported', async (t) => {

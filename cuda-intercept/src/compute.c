@@ -162,6 +162,33 @@ static bool stop_in_one_call(enum stop_style style) {
 
 static void set_mode(int gpu, uint32_t mode) { GVM_STORE(&gvm_block->gpu[gpu].control_mode, mode); }
 
+/* An MPS control daemon is reachable: CUDA then makes this process an MPS client. */
+static bool mps_pipe_present(void) {
+  static int present = -1;
+  if (present < 0) {
+    const char *dir = getenv("CUDA_MPS_PIPE_DIRECTORY");
+    char path[512];
+    snprintf(path, sizeof path, "%s/control", dir && *dir ? dir : "/tmp/nvidia-mps");
+    present = access(path, F_OK) == 0;
+  }
+  return present == 1;
+}
+
+/*
+ * A context lives on the GPU, yet no channel group of this process's own RM clients exists there:
+ * its work runs on channels it does not own (an MPS client's run on the MPS server's), which no
+ * control issued from here can stop or reslice. Freezing must then hold launches at the hook instead
+ * of answering "frozen" for channels that do not exist, and the mover must not remap memory that
+ * kernels on those channels may be using.
+ */
+static bool channels_elsewhere(int gpu, const struct gvm_rm_target *t) {
+  if (t->ntsg > 0 || GVM_LOAD(&gvm_block->gpu[gpu].contexts) == 0) return false;
+  GVM_LOG_ONCE(GVM_LOG_INFO, "GPU work of this process runs on channels it does not own (%s): freeze holds launches, "
+               "priority cannot be set, swap moves are off",
+               mps_pipe_present() ? "an MPS client" : "no channel group seen in its RM clients");
+  return true;
+}
+
 /* ---- priority ---- */
 int gvm_compute_set_priority(int gpu, int priority, char *msg, size_t room) {
   struct gvm_rm_target t;
@@ -170,6 +197,10 @@ int gvm_compute_set_priority(int gpu, int priority, char *msg, size_t room) {
     return GVM_STATUS_UNSUPPORTED;
   }
   if (!gvm_rm_snapshot(gpu, &t) || t.ntsg == 0) {
+    if (channels_elsewhere(gpu, &t) && mps_pipe_present()) {
+      snprintf(msg, room, "compute.priority unsupported: an MPS client; its work runs on the MPS server's channels");
+      return GVM_STATUS_UNSUPPORTED;
+    }
     /* no channel group yet: remember it, every TSG created later gets it */
     GVM_STORE(&gvm_block->gpu[gpu].priority, (int32_t)priority);
     snprintf(msg, room, "priority %d recorded; applied when the process creates its channels", priority);
@@ -300,6 +331,9 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
   }
   struct gvm_rm_target t;
   if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) {
+    if (channels_elsewhere(gpu, &t))
+      return soft_freeze(gpu, msg, room, mps_pipe_present() ? "an MPS client: its channels are the MPS server's"
+                                                            : "no channel of its own on this GPU");
     /* nothing runs yet: channels created from now on start disabled */
     GVM_STORE(&b->frozen, 1u);
     set_mode(gpu, GVM_CONTROL_RM);
@@ -350,7 +384,11 @@ bool gvm_compute_quiesce(int gpu) {
   if ((GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) ||
       channels_held(gpu))
     return true;
-  if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) return true; /* no channel: nothing can run */
+  if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) {
+    if (!channels_elsewhere(gpu, &t)) return true; /* no context, no channel: nothing can run */
+    pthread_mutex_unlock(&control_lock);
+    return false;
+  }
   int style = quiesce_style();
   if (style == 1) gvm_rm_compute_only(&t);
   const char *failed;
@@ -418,6 +456,8 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
   bool have = driver_verified() && gvm_rm_snapshot(gpu, &t) && t.nchan > 0;
   if (hold && !policy_hold[gpu]) {
     bool user_frozen = GVM_LOAD(&b->frozen);
+    if (throttle && !have)
+      GVM_LOG_ONCE(GVM_LOG_WARN, "the policy's throttle needs this process's own channels (none here): it is not throttled");
     if (throttle && have) {
       st = set_all_timeslices(&t, 15);
       if (!st) policy_hold[gpu] = 3;

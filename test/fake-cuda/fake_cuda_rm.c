@@ -103,7 +103,7 @@ static uint32_t alloc_tsg(CUcontext c, uint32_t engine, int nchannels, uint32_t 
 
 void fake_rm_ctx_create(CUcontext c)
 {
-    if (g_ctl_fd < 0)
+    if (g_ctl_fd < 0 || g_fake_mps_client)
         return;
     alloc_tsg(c, RM_ENGINE_GR, FAKE_RM_CHANNELS_COMPUTE, c->rm_compute_channels);
     for (uint32_t i = 0; i < FAKE_RM_COPY_TSGS; i++)
