@@ -23,6 +23,7 @@ CHECKS=(
   "ipc|120|GVM_MEMORY_MODE=swap LD_PRELOAD=\$AGENT \$BIN/ipc_check"
   "compute|240|bash test/gpu/compute_check.sh"
   "gvmd|180|bash test/gpu/gvmd_check.sh"
+  "mps|150|bash test/gpu/mps_check.sh"
   "static_engine|180|\${PYTHON:-python3} bench/workloads/static_engine.py"
   "multi_gpu|240|bash test/gpu/multi_gpu_check.sh 20"
   "nccl_allreduce|300|bash test/gpu/nccl_allreduce.sh"
