@@ -94,11 +94,14 @@ void gvm_agent_start(void) {
       started_pid = getpid();
       static bool registered;
       if (!registered && atexit(on_exit_handler) == 0) registered = true;
+      /* the mover and the policy boards before the control and event threads: a command applied
+       * at once (one sent right after cuInit) must find the mover to wait on, and the event
+       * thread's policy tick reads the boards and slots gvm_policy_start() writes */
+      if (gvm_swap_start() != 0) gvm_log(GVM_LOG_ERROR, "cannot start the mover thread; swap mode cannot move data");
+      gvm_policy_start();
       if (gvm_monitor_start() != 0) {
         gvm_log(GVM_LOG_ERROR, "cannot start the control thread; settings will not be applied");
       }
-      if (gvm_swap_start() != 0) gvm_log(GVM_LOG_ERROR, "cannot start the mover thread; swap mode cannot move data");
-      gvm_policy_start();
       GVM_STORE(&cb->agent_state, (uint32_t)GVM_AGENT_READY);
       atomic_store_explicit(&gvm_active, 1, memory_order_release);
       gvm_log(GVM_LOG_INFO, "agent ready: %d GPU(s), block %s/%d", (int)cb->gpu_count, gvm_config.shm_dir,

@@ -26,7 +26,9 @@ struct stream_entry {
   _Atomic int state;
   atomic_flag guard;          /* held by whoever changes state or records/queries; never spun on by the monitor */
   CUcontext ctx;
-  int gpu;
+  /* written under guard (describe) after the key is public; the monitor reads it without the guard
+   * (it never waits for one), so it is atomic and every reader loads it once */
+  _Atomic int gpu;
   bool default_stream;
   /* below: only under guard */
   uint64_t marked;
@@ -76,7 +78,7 @@ static void describe(struct stream_entry *e, CUstream s, CUcontext ctx_hint) {
   CUcontext ctx = ctx_hint;
   if (!ctx && GVM_REAL(cuStreamGetCtx, s, &ctx) != CUDA_SUCCESS) ctx = NULL;
   e->ctx = ctx;
-  e->gpu = gvm_context_gpu(ctx);
+  atomic_store_explicit(&e->gpu, gvm_context_gpu(ctx), memory_order_relaxed);
   e->default_stream = ctx_hint != NULL;
 }
 
@@ -107,9 +109,10 @@ static void revive(struct stream_entry *e, CUstream s, CUcontext ctx_hint) {
   int st = atomic_load(&e->state);
   if (st != STREAM_LIVE) {
     uint64_t sub = atomic_exchange(&e->submitted, 0);
-    if (e->gpu >= 0 && e->gpu < GVM_MAX_GPUS) {
-      atomic_fetch_add(&folded_submitted[e->gpu], sub);
-      atomic_fetch_add(&folded_ended[e->gpu], sub); /* its handle was reused: the old work is over */
+    int gpu = atomic_load_explicit(&e->gpu, memory_order_relaxed);
+    if (gpu >= 0 && gpu < GVM_MAX_GPUS) {
+      atomic_fetch_add(&folded_submitted[gpu], sub);
+      atomic_fetch_add(&folded_ended[gpu], sub); /* its handle was reused: the old work is over */
     }
     atomic_store(&e->ended, 0);
     e->marked = 0;
@@ -164,7 +167,7 @@ static inline void count_launch(CUstream s, uint64_t kernels, bool ptsz) {
   }
   /* release: the monitor reads this count before recording, so the count never runs ahead of the event */
   atomic_fetch_add_explicit(&e->submitted, kernels, memory_order_release);
-  GVM_POLICY_LAUNCH(e->gpu);
+  GVM_POLICY_LAUNCH(atomic_load_explicit(&e->gpu, memory_order_relaxed));
 }
 
 /* ---- launch hooks: the driver call first, counted only when it succeeded ---- */
@@ -481,9 +484,10 @@ bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended) {
     uint64_t sub = atomic_load(&e->submitted), end = atomic_load(&e->ended);
     if (end > sub) end = sub;
     if (sub != end) outstanding = true;
-    if (e->gpu >= 0 && e->gpu < GVM_MAX_GPUS) {
-      submitted[e->gpu] += sub;
-      ended[e->gpu] += end;
+    int gpu = atomic_load_explicit(&e->gpu, memory_order_relaxed); /* once: checked, then an index */
+    if (gpu >= 0 && gpu < GVM_MAX_GPUS) {
+      submitted[gpu] += sub;
+      ended[gpu] += end;
     }
   }
   return outstanding;
@@ -494,7 +498,8 @@ uint64_t gvm_streams_submitted(int gpu) {
   uint64_t sum = atomic_load(&folded_submitted[gpu]);
   for (int i = 0; i < STREAM_SLOTS; i++) {
     struct stream_entry *e = &streams[i];
-    if (atomic_load_explicit(&e->key, memory_order_acquire) && e->gpu == gpu) sum += atomic_load(&e->submitted);
+    if (atomic_load_explicit(&e->key, memory_order_acquire) && atomic_load_explicit(&e->gpu, memory_order_relaxed) == gpu)
+      sum += atomic_load(&e->submitted);
   }
   return sum;
 }

@@ -125,6 +125,10 @@ void gvm_monitor_stop(void) {
   struct timespec deadline = gvm_realtime_in_ms(200);
   if (event_running && pthread_timedjoin_np(event_thread, NULL, &deadline) == 0) event_running = false;
   if (control_running && pthread_timedjoin_np(control_thread, NULL, &deadline) == 0) control_running = false;
+  /* one still busy (a command waiting for the mover, a call stuck in the driver) is let go: detached,
+   * it cleans up after itself if it ends before the process does */
+  if (control_running) pthread_detach(control_thread);
+  if (event_running) pthread_detach(event_thread);
   /* final counters: the process is exiting and its work is done or abandoned */
   if (gvm_block && !event_running) {
     uint64_t submitted[GVM_MAX_GPUS], ended[GVM_MAX_GPUS];

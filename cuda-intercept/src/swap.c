@@ -24,7 +24,7 @@
 #define MAX_MOVES 4096
 
 static pthread_t mover;
-static bool mover_running;
+static _Atomic bool mover_running; /* read by the control thread, and by IPC hooks on any thread */
 static _Atomic int mover_stopping;
 static _Atomic uint32_t mover_wake; /* bumped by every kick */
 static _Atomic uint32_t mover_done; /* the wake value the last finished pass started from */
