@@ -23,10 +23,11 @@ import {
   KernelBlock,
   kernelPids,
 } from './backend/kernel';
+import { blockEntries, blockEntryFor, judgeBlock } from './block-files';
 import { codeForStatus, GvmError, isGvmError, statusName } from './errors';
 import { native, NativeControlBlock, NativeGpu, NativeRm } from './native';
 import { shmDir } from './paths';
-import { blockPath, machineGpuIndex, machineGpuOrder, userName } from './system';
+import { machineGpuIndex, machineGpuOrder, userName } from './system';
 
 export { GvmError, GvmStatus, isGvmError, codeForStatus, statusName } from './errors';
 export type { GvmErrorCode, GvmErrorOptions, GvmStatusName } from './errors';
@@ -425,16 +426,23 @@ export class GvmProcess implements Disposable {
   readonly #handle: NativeControlBlock;
   readonly #gpus = new Map<number, GvmGpu>();
   readonly #gpuOrder: readonly string[];
+  readonly #pid: number | undefined;
 
-  /** @internal */
-  constructor(handle: NativeControlBlock, gpuOrder: readonly string[]) {
+  /** @internal pid: the process's pid here, when its block names it in another PID namespace */
+  constructor(handle: NativeControlBlock, gpuOrder: readonly string[], pid?: number) {
     this.#handle = handle;
     this.#gpuOrder = gpuOrder;
+    this.#pid = pid;
   }
 
   /** @internal */
   _handle(): NativeControlBlock {
     return this.#handle;
+  }
+
+  /** @internal The control block file behind this process (undefined for the kernel module's view). */
+  _blockFile(): string | undefined {
+    return this.#handle instanceof KernelBlock ? undefined : this.#handle.path;
   }
 
   /**
@@ -454,8 +462,10 @@ export class GvmProcess implements Disposable {
     if (this.#handle instanceof KernelBlock) await this.#handle.refresh();
   }
 
+  /** The pid in this process's PID namespace (a container's process seen from the host: its host pid). */
   get pid(): number {
-    return this.#handle.header().pid;
+    const header = this.#handle.header(); // throws EGVM_CLOSED once closed, like every other getter
+    return this.#pid ?? header.pid;
   }
 
   get uid(): number {
@@ -595,14 +605,6 @@ function openBlock(file: string): NativeControlBlock {
   }
 }
 
-/** Whether the block's process still runs: same pid, same /proc start time. */
-function isLive(handle: NativeControlBlock, pid: number): boolean {
-  const header = handle.header();
-  if (header.pid !== pid) return false;
-  const start = native().processStartTime(pid);
-  return start !== null && start === header.startTime;
-}
-
 async function removeStale(file: string): Promise<void> {
   try {
     await fs.promises.unlink(file);
@@ -704,24 +706,23 @@ export class Gvm {
     }
     const gpuOrder = machineGpuOrder();
     const out: GvmProcess[] = [];
-    const pids = names.filter((n) => /^[1-9]\d*$/.test(n)).map(Number).sort((a, b) => a - b);
-    for (const pid of pids) {
-      const file = blockPath(dir, pid);
+    for (const entry of blockEntries(dir, names)) {
       let handle: NativeControlBlock;
       try {
-        handle = openBlock(file);
+        handle = openBlock(entry.file);
       } catch (e) {
         if (isGvmError(e) && ['EGVM_PERMISSION', 'EGVM_NOT_FOUND', 'EGVM_VERSION', 'EGVM_INVALID'].includes(e.code)) continue;
         throw e;
       }
-      if (!isLive(handle, pid)) {
+      const seen = judgeBlock(entry, handle);
+      if (seen.state !== 'live') {
         handle.close();
-        await removeStale(file);
+        if (seen.state === 'stale') await removeStale(entry.file);
         continue;
       }
-      out.push(new GvmProcess(handle, gpuOrder));
+      out.push(new GvmProcess(handle, gpuOrder, seen.pid));
     }
-    return out;
+    return out.sort((a, b) => a.pid - b.pid);
   }
 
   /**
@@ -736,7 +737,8 @@ export class Gvm {
       if (p !== undefined) return p;
     }
     const dir = options.shmDir ?? shmDir();
-    const file = blockPath(dir, pid);
+    const entry = blockEntryFor(dir, pid);
+    const file = entry.file;
     let handle: NativeControlBlock;
     try {
       handle = openBlock(file);
@@ -749,11 +751,13 @@ export class Gvm {
       }
       throw e;
     }
-    if (!isLive(handle, pid)) {
+    const seen = judgeBlock(entry, handle);
+    if (seen.state !== 'live' || seen.pid !== pid) {
       handle.close();
+      if (seen.state !== 'stale') throw new GvmError(`no gvm process ${pid} (${file} is not its block)`, 'EGVM_NOT_FOUND');
       await removeStale(file);
       throw new GvmError(`no gvm process ${pid} (its control block was stale and has been removed)`, 'EGVM_NOT_FOUND');
     }
-    return new GvmProcess(handle, machineGpuOrder());
+    return new GvmProcess(handle, machineGpuOrder(), pid);
   }
 }

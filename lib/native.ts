@@ -24,6 +24,8 @@ export interface NativeHeader {
   gpuCount: number;
   driverVersion: number;
   flags: number;
+  /** inode of the process's PID namespace (minor 3; 0 in older blocks) */
+  pidNs: number;
   /** enum gvm_backend (minor 2): 1 when the agent runs in kernel mode (0 in older blocks) */
   backend: number;
   agentVersion: string;
@@ -135,6 +137,16 @@ export interface NativeAddon {
   setErrorClass(cls: typeof GvmError): void;
   layout(): NativeLayout;
   processStartTime(pid: number): number | null;
+  /** This process's PID namespace inode (0 if unknown). */
+  pidNamespace(): number;
+  /** The block file name of a process of this namespace ("<pid>" or "<pid>@<ns>"), null if none. */
+  blockName(pid: number): string | null;
+  /** A directory entry as a block name, or null. ns is 0 for a plain "<pid>". */
+  parseBlockName(name: string): { pid: number; ns: number } | null;
+  /** The pid here of the process of block (nspid, ns) with that start time; 0 when not visible here. */
+  pidHere(nspid: number, ns: number, startTime: number): number;
+  /** Whether a block's owner lock is held (its process runs); null when it cannot be tested. */
+  ownerLockHeld(file: string): boolean | null;
 }
 
 /** gvmd's FUSE tree (native/fuse_tree.cc, its own gvm_fuse.node so only gvmd needs libfuse3). */

@@ -1,6 +1,5 @@
 /** Facts about the machine: user names and the GPUs' machine-wide order. */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 
 import { nvidiaGpusDir } from './paths';
 
@@ -54,8 +53,4 @@ export function machineGpuIndex(order: readonly string[], pciBusId: string): num
   if (pciBusId === '') return undefined;
   const i = order.indexOf(normalizePciBusId(pciBusId));
   return i < 0 ? undefined : i;
-}
-
-export function blockPath(dir: string, pid: number): string {
-  return path.join(dir, String(pid));
 }

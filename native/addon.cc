@@ -1,4 +1,4 @@
-// Module entry: setErrorClass, layout, processStartTime and the ControlBlock class.
+// Module entry: setErrorClass, layout, processStartTime, the block-owner helpers and the ControlBlock class.
 #include "addon.h"
 
 #include <cerrno>
@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "block_owner.h"
 #include "gvm/control_block.h"
 
 namespace gvm {
@@ -115,6 +117,7 @@ Napi::Object Layout(Napi::Env env) {
   GVM_OFF(cb, struct gvm_control_block, flags);
   GVM_OFF(cb, struct gvm_control_block, agent_version);
   GVM_OFF(cb, struct gvm_control_block, cmdline);
+  GVM_OFF(cb, struct gvm_control_block, pid_ns);
   GVM_OFF(cb, struct gvm_control_block, backend);
   GVM_OFF(cb, struct gvm_control_block, command);
   GVM_OFF(cb, struct gvm_control_block, gpu);
@@ -238,6 +241,55 @@ static Napi::Value ProcessStartTime(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(ticks));
 }
 
+// --- block owners across PID namespaces (block_owner.h) ------------------------------------------
+
+// pidNamespace(): this process's PID namespace inode (0 if unknown).
+static Napi::Value PidNamespace(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(SelfPidNs()));
+}
+
+// blockName(pid): the block file name of a process of this namespace, or null when there is none.
+static Napi::Value BlockName(const Napi::CallbackInfo& info) {
+  uint32_t pid = ArgU32(info, 0, "blockName", "pid", INT32_MAX);
+  std::string name = BlockNameFor(static_cast<int>(pid));
+  return name.empty() ? info.Env().Null() : Napi::String::New(info.Env(), name);
+}
+
+// parseBlockName(name): {pid, ns} (ns 0 for a plain "<pid>"), or null when it is not a block name.
+static Napi::Value ParseBlockNameFn(const Napi::CallbackInfo& info) {
+  std::string name = ArgString(info, 0, "parseBlockName", "name");
+  int pid = 0;
+  uint64_t ns = 0;
+  if (!ParseBlockName(name.c_str(), &pid, &ns)) return info.Env().Null();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("pid", Napi::Number::New(info.Env(), pid));
+  o.Set("ns", Napi::Number::New(info.Env(), static_cast<double>(ns)));
+  return o;
+}
+
+// pidHere(nspid, ns, startTime): the pid here of a block's process, 0 when it is not visible here.
+static Napi::Value PidHereFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t nspid = ArgU32(info, 0, "pidHere", "nspid", INT32_MAX);
+  if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsNumber()) Throw(env, kInvalid, "pidHere: ns and startTime must be numbers");
+  double ns = info[1].As<Napi::Number>().DoubleValue(), start = info[2].As<Napi::Number>().DoubleValue();
+  if (!(ns >= 0) || !(start >= 0)) Throw(env, kInvalid, "pidHere: ns and startTime must not be negative");
+  return Napi::Number::New(env, PidHere(static_cast<int>(nspid), static_cast<uint64_t>(ns), static_cast<uint64_t>(start)));
+}
+
+// ownerLockHeld(file): true/false whether the owner lock on byte 0 is held; null when it cannot be
+// tested (no such regular file, or the file system has no OFD locks).
+static Napi::Value OwnerLockHeldFn(const Napi::CallbackInfo& info) {
+  std::string path = ArgString(info, 0, "ownerLockHeld", "file");
+  // O_NONBLOCK: a FIFO planted under a block's name must not hang the open
+  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return info.Env().Null();
+  struct stat st {};
+  int held = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? OwnerLockHeld(fd) : -1;
+  close(fd);
+  return held < 0 ? info.Env().Null() : Napi::Boolean::New(info.Env(), held == 1);
+}
+
 static Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsFunction()) Throw(info.Env(), kInvalid, "setErrorClass: errorClass must be a function");
   AddonData* data = Data(info.Env());
@@ -254,6 +306,11 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("layout", Napi::Function::New(env, LayoutFn, "layout"));
   exports.Set("processStartTime", Napi::Function::New(env, ProcessStartTime, "processStartTime"));
+  exports.Set("pidNamespace", Napi::Function::New(env, PidNamespace, "pidNamespace"));
+  exports.Set("blockName", Napi::Function::New(env, BlockName, "blockName"));
+  exports.Set("parseBlockName", Napi::Function::New(env, ParseBlockNameFn, "parseBlockName"));
+  exports.Set("pidHere", Napi::Function::New(env, PidHereFn, "pidHere"));
+  exports.Set("ownerLockHeld", Napi::Function::New(env, OwnerLockHeldFn, "ownerLockHeld"));
   return exports;
 }
 

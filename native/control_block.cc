@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "addon.h"
+#include "map_guard.h"
 #include "block_command.h"
 #include "gvm/control_block.h"
 
@@ -33,6 +34,7 @@ struct Opened {
   size_t length;
   bool writable;
   std::string path;
+  int guard;  // map_guard.h slot
 };
 
 std::string Hex32(uint32_t v) {
@@ -86,6 +88,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     length_ = o->length;
     writable_ = o->writable;
     path_ = o->path;
+    guard_ = o->guard;
   }
 
   ~ControlBlock() override { Release(); }
@@ -102,7 +105,9 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     std::string path = ArgString(info, 0, "ControlBlock.open", "path");
     bool writable = ArgBool(info, 1, "ControlBlock.open", "writable");
 
-    int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO in the shared directory would block a read-only open until a writer came
+    // (gvm ps hung); it is refused below as not a regular file
+    int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) ThrowErrno(env, errno, "open " + path);
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -127,7 +132,10 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
       close(fd);
       ThrowErrno(env, err, "mmap " + path);
     }
+    // its owner may shrink the file from now on: a SIGBUS must not kill us (map_guard.h)
+    const int guard = GuardMapping(map, length);
     auto fail = [&](const std::string& message) {
+      UnguardMapping(guard);
       munmap(map, length);
       close(fd);
       Throw(env, kVersion, path + ": " + message);
@@ -153,19 +161,28 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
       fail("file is " + std::to_string(length) + " bytes, the block says " + std::to_string(size));
     }
 
-    Opened opened{fd, map, length, writable, path};
+    Opened opened{fd, map, length, writable, path, guard};
     AddonData* data = Data(env);
     try {
       return data->controlBlockClass.New({Napi::External<Opened>::New(env, &opened)});
     } catch (...) {
+      UnguardMapping(guard);
       munmap(map, length);
       close(fd);
       throw;
     }
   }
 
+  // What a reader built from the mapping, unless the file shrank under it meanwhile (then it read
+  // zeros in place of the lost pages: map_guard.h)
+  Napi::Value Fresh(Napi::Env env, Napi::Value v) {
+    if (MappingTruncated(guard_)) Throw(env, kIo, "control block " + path_ + " was truncated by its owner: its values are gone");
+    return v;
+  }
+
   struct gvm_control_block* Block(Napi::Env env) {
     if (closed_ || map_ == nullptr) Throw(env, kClosed, "control block " + path_ + " is closed");
+    if (MappingTruncated(guard_)) Throw(env, kIo, "control block " + path_ + " was truncated by its owner: its values are gone");
     return static_cast<struct gvm_control_block*>(map_);
   }
 
@@ -190,10 +207,11 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     o.Set("gpuCount", Napi::Number::New(env, GVM_LOAD(&cb->gpu_count)));
     o.Set("driverVersion", Napi::Number::New(env, GVM_LOAD(&cb->driver_version)));
     o.Set("flags", Napi::Number::New(env, GVM_LOAD(&cb->flags)));
+    o.Set("pidNs", Napi::Number::New(env, static_cast<double>(cb->version_minor >= 3 ? GVM_LOAD(&cb->pid_ns) : 0)));
     o.Set("backend", Napi::Number::New(env, GVM_LOAD(&cb->backend)));
     o.Set("agentVersion", FixedString(cb->agent_version, sizeof cb->agent_version));
     o.Set("cmdline", FixedString(cb->cmdline, sizeof cb->cmdline));
-    return o;
+    return Fresh(env, o);
   }
 
   Napi::Value Gpu(const Napi::CallbackInfo& info) {
@@ -226,7 +244,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     o.Set("freeCount", U64Number(env, GVM_LOAD(&g->free_count)));
     o.Set("allocFailures", U64Number(env, GVM_LOAD(&g->alloc_failures)));
     o.Set("updatedNs", Napi::BigInt::New(env, static_cast<uint64_t>(GVM_LOAD(&g->updated_ns))));
-    return o;
+    return Fresh(env, o);
   }
 
   // The automatic policy's state on one GPU (minor 1; zeros from an older agent), events oldest first.
@@ -262,7 +280,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
       events.Set(i, ev);
     }
     o.Set("events", events);
-    return o;
+    return Fresh(env, o);
   }
 
   // The RM tables, read under the rm_seq seqlock (retry while odd or changed).
@@ -335,7 +353,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
       channels.Set(i, c);
     }
     o.Set("channels", channels);
-    return o;
+    return Fresh(env, o);
   }
 
   Napi::Value Command(const Napi::CallbackInfo& info);
@@ -352,6 +370,8 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
 
   void Release() {
     if (map_ != nullptr) {
+      UnguardMapping(guard_);
+      guard_ = -1;
       munmap(map_, length_);
       map_ = nullptr;
     }
@@ -364,6 +384,7 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
   friend class CommandWorker;
 
   int fd_ = -1;
+  int guard_ = -1;
   void* map_ = nullptr;
   size_t length_ = 0;
   bool writable_ = false;

@@ -16,6 +16,8 @@
 #include <mutex>
 
 #include "block_command.h"
+#include "block_owner.h"
+#include "map_guard.h"
 
 namespace gvm {
 namespace fuse {
@@ -34,27 +36,56 @@ std::map<int, Cached> g_blocks;
 std::vector<int> g_pids;
 int64_t g_scannedMs = -kRescanMs;
 
-// Maps and checks GVM_SHM_DIR/<pid>. Null when it is not the block of that live process.
+// Maps and checks the block of `pid` (a pid here; its file is "<pid>", or "<nspid>@<ns>" for a
+// process in a container). Null when it is not the block of that live process.
 BlockRef Load(int pid) {
-  std::string path = g_shmDir + "/" + std::to_string(pid);
-  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  std::string name = BlockNameFor(pid);
+  int nspid = 0;
+  uint64_t ns = 0;
+  if (name.empty() || !ParseBlockName(name.c_str(), &nspid, &ns)) return nullptr;
+  std::string path = g_shmDir + "/" + name;
+  // O_NONBLOCK: anyone may create files in the shared directory, and a FIFO named like a pid would
+  // block a read-only open until a writer came, hanging the FUSE thread (the S_ISREG check is after)
+  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return nullptr;
   struct stat st {};
   bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
             static_cast<size_t>(st.st_size) >= sizeof(struct gvm_control_block);
   void* m = ok ? mmap(nullptr, sizeof(struct gvm_control_block), PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
-  close(fd);
-  if (m == MAP_FAILED) return nullptr;
+  if (m == MAP_FAILED) {
+    close(fd);
+    return nullptr;
+  }
   auto b = std::make_shared<Block>();
+  b->guard = GuardMapping(m, sizeof(struct gvm_control_block));  // before the first read: see map_guard.h
   b->cb = static_cast<struct gvm_control_block*>(m);
   b->pid = pid;
+  b->path = path;
   b->uid = st.st_uid;
   b->startTime = StartTimeOf(pid);
+  bool locked = b->cb->version_minor >= 3 && (GVM_LOAD(&b->cb->flags) & GVM_CB_FLAG_OWNER_LOCK);
+  int held = locked ? OwnerLockHeld(fd) : -1;
+  close(fd);
   // a dead process, or another one that got its pid, has no files
   if (GVM_LOAD(&b->cb->magic) != GVM_CB_MAGIC || b->cb->version_major != GVM_CB_VERSION_MAJOR ||
-      b->cb->pid != pid || b->startTime == 0 || b->cb->start_time != b->startTime)
+      b->cb->pid != nspid || b->startTime == 0 || b->cb->start_time != b->startTime || held == 0)
     return nullptr;
   return b;
+}
+
+// The pid here of the process whose block is the directory entry `name`; 0 if it is not a block
+// name or its process is not visible from here (another container's).
+int PidOfEntry(const char* name) {
+  int nspid = 0;
+  uint64_t ns = 0;
+  if (!ParseBlockName(name, &nspid, &ns)) return 0;
+  if (ns == 0 || ns == SelfPidNs()) return nspid;  // the name is the pid; Load checks the rest
+  int fd = open((g_shmDir + "/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return 0;
+  uint64_t start = 0;
+  ssize_t n = pread(fd, &start, sizeof start, offsetof(struct gvm_control_block, start_time));
+  close(fd);
+  return n == static_cast<ssize_t>(sizeof start) ? PidHere(nspid, ns, start) : 0;
 }
 
 // A PCI bus id in one spelling ("0000:41:00.0" for "00000000:41:00.0", "0000:4A:00.0" or "41:00.0"),
@@ -95,6 +126,7 @@ void ReadPciOrder() {
 }  // namespace
 
 Block::~Block() {
+  UnguardMapping(guard);
   if (cb) munmap(cb, sizeof *cb);
 }
 
@@ -129,7 +161,9 @@ BlockRef Find(int pid, bool fresh) {
   if (!fresh) {
     std::lock_guard<std::mutex> guard(g_lock);
     auto it = g_blocks.find(pid);
-    if (it != g_blocks.end() && now - it->second.checkedMs < kRescanMs) return it->second.block;
+    // a block whose file its owner shrank is dropped at once (Load then refuses the short file)
+    if (it != g_blocks.end() && now - it->second.checkedMs < kRescanMs && !MappingTruncated(it->second.block->guard))
+      return it->second.block;
   }
   BlockRef b = Load(pid);
   std::lock_guard<std::mutex> guard(g_lock);
@@ -151,10 +185,8 @@ std::vector<int> LivePids() {
   std::vector<int> pids;
   if (DIR* d = opendir(g_shmDir.c_str())) {
     while (struct dirent* e = readdir(d)) {
-      char* end = nullptr;
-      long pid = strtol(e->d_name, &end, 10);
-      if (pid <= 0 || pid > INT32_MAX || *end) continue;
-      if (Find(static_cast<int>(pid))) pids.push_back(static_cast<int>(pid));
+      int pid = PidOfEntry(e->d_name);
+      if (pid > 0 && Find(pid)) pids.push_back(pid);
     }
     closedir(d);
   }

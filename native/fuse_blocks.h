@@ -20,9 +20,11 @@ constexpr int64_t kRescanMs = 200;
 // One live process's block, mapped read-only for as long as anyone holds it.
 struct Block {
   struct gvm_control_block* cb = nullptr;
-  int pid = 0;
+  int pid = 0;        // the pid here (a container's process: its host pid)
+  std::string path;  // the block file ("<pid>", or "<pid in its namespace>@<namespace>")
   uid_t uid = 0;  // the block file's owner: set by the kernel, not by what the block says
   uint64_t startTime = 0;
+  int guard = -1;  // map_guard.h slot of the mapping
   ~Block();
 };
 

@@ -15,10 +15,17 @@ bool AllDigits(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-// A decimal integer of at most 19 digits (so it fits uint64_t).
+// A decimal integer that fits uint64_t. Not "at most 19 digits": a limit written as 16777215T reads
+// back as 20 digits, and what a read prints must be writable again.
 bool ParseUnsigned(const std::string& s, uint64_t* out) {
-  if (!AllDigits(s) || s.size() > 19) return false;
-  *out = std::stoull(s);
+  if (!AllDigits(s)) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    const uint64_t d = static_cast<uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return false;  // overflow: 99999999999999999999 and longer
+    v = v * 10 + d;
+  }
+  *out = v;
   return true;
 }
 

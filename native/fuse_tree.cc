@@ -33,6 +33,7 @@
 
 #include "block_command.h"
 #include "fuse_blocks.h"
+#include "map_guard.h"
 #include "fuse_files.h"
 #include "fuse_log.h"
 
@@ -257,8 +258,7 @@ int DoRead(const char* raw, char* buf, size_t size, off_t off, struct fuse_file_
 // FUSE thread serving the write; the JS thread never waits on an agent.
 CommandBaton Send(const Block& b, uint32_t key, int slot, uint64_t value) {
   CommandBaton c;
-  std::string path = ShmDir() + "/" + std::to_string(b.pid);
-  int fd = open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  int fd = open(b.path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
   void* m = fd < 0 ? MAP_FAILED : mmap(nullptr, sizeof(struct gvm_control_block), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (m == MAP_FAILED) {
     c.err = errno;
@@ -267,6 +267,7 @@ CommandBaton Send(const Block& b, uint32_t key, int slot, uint64_t value) {
     return c;
   }
   std::timed_mutex lock;  // our own fd: flock alone serialises us with other controllers
+  const int guard = GuardMapping(m, sizeof(struct gvm_control_block));
   c.cb = static_cast<struct gvm_control_block*>(m);
   c.fd = fd;
   c.handleLock = &lock;
@@ -278,6 +279,7 @@ CommandBaton Send(const Block& b, uint32_t key, int slot, uint64_t value) {
   const uint64_t start = b.startTime;
   c.stillThere = [pid, start] { return StartTimeOf(pid) == start; };
   RunCommand(&c);
+  UnguardMapping(guard);
   munmap(m, sizeof(struct gvm_control_block));
   close(fd);
   c.cb = nullptr;

@@ -6,7 +6,7 @@ import t from 'tap';
 
 import { GvmError } from '../lib/errors';
 import { native } from '../lib/native';
-import { DIST, liveBlock, makeBlock, nodeScript, serveBlock, startTime, tmpShm } from './helpers';
+import { blockFile, DIST, liveBlock, makeBlock, nodeScript, serveBlock, startTime, tmpShm } from './helpers';
 
 const addon = native();
 const { ControlBlock } = addon;
@@ -33,6 +33,7 @@ t.test('layout() matches the ABI', async (t) => {
       flags: 60,
       agent_version: 64,
       cmdline: 96,
+      pid_ns: 608,
       backend: 2428,
       command: 2432,
       gpu: 4096,
@@ -77,7 +78,7 @@ t.test('layout() matches the ABI', async (t) => {
     constants: {
       magic: 0x434d5647,
       versionMajor: 1,
-      versionMinor: 2,
+      versionMinor: 3,
       maxGpus: 16,
       maxTsgs: 32,
       maxChannels: 128,
@@ -100,6 +101,7 @@ t.test('reads every header and GPU field', async (t) => {
     gpu_count: 3,
     driver: 13000,
     flags: 5,
+    pid_ns: 4026532175,
     backend: 1,
     agent_version: '0.1.0-test',
     cmdline: 'python -m torch.distributed.run train.py',
@@ -142,7 +144,7 @@ t.test('reads every header and GPU field', async (t) => {
   t.equal(cb.path, file);
   t.same(cb.header(), {
     versionMajor: 1,
-    versionMinor: 2,
+    versionMinor: 3,
     size: 135168,
     gpuBlockSize: 8192,
     pid: 4242,
@@ -154,6 +156,7 @@ t.test('reads every header and GPU field', async (t) => {
     gpuCount: 3,
     driverVersion: 13000,
     flags: 5,
+    pidNs: 4026532175,
     backend: 1,
     agentVersion: '0.1.0-test',
     cmdline: 'python -m torch.distributed.run train.py',
@@ -285,6 +288,30 @@ t.test('a closed handle throws EGVM_CLOSED', async (t) => {
   t.throws(() => cb.command(0, 0, 0n, 100), { code: 'EGVM_CLOSED' });
 });
 
+t.test("a block file shrunk by its owner while mapped: an error, not a SIGBUS that kills the reader", async (t) => {
+  const dir = tmpShm(t);
+  const file = liveBlock(dir);
+  // in a child: before the guard, this killed the process (gvmd, root, reading every user's blocks)
+  const r = nodeScript(`
+    const fs = require('fs');
+    const { Gvm, GvmError } = require(${JSON.stringify(DIST)});
+    (async () => {
+      const p = await Gvm.process(${process.pid}, { shmDir: ${JSON.stringify(dir)} });
+      const before = p.gpus[0].memory.limit;
+      fs.truncateSync(${JSON.stringify(file)}, 4096); // the header page stays, the GPU pages go
+      const codes = [];
+      for (const read of [() => p.gpus[0].memory.current, () => p.pid, () => p.gpus[0].memory.current]) {
+        try { read(); codes.push('ok'); } catch (e) { codes.push(e instanceof GvmError ? e.code : String(e)); }
+      }
+      console.log(JSON.stringify({ before, codes }));
+    })();
+  `);
+  t.equal(r.status, 0, `the reader survived (signal ${r.signal}): ${r.stderr}`);
+  const out = JSON.parse(r.stdout) as { before: number; codes: string[] };
+  t.ok(out.before > 0, 'it read the block before');
+  t.same(out.codes, ['EGVM_IO', 'EGVM_IO', 'EGVM_IO'], 'every read after the shrink is EGVM_IO, the first one included');
+});
+
 t.test('processStartTime', async (t) => {
   t.equal(addon.processStartTime(process.pid), startTime(process.pid));
   t.equal(addon.processStartTime(0x7ffffffe), null, 'no such process');
@@ -293,7 +320,7 @@ t.test('processStartTime', async (t) => {
 
 t.test('commands', async (t) => {
   const dir = tmpShm(t);
-  const file = path.join(dir, String(process.pid));
+  const file = blockFile(dir, process.pid);
   const agent = await serveBlock(t, file, { pid: process.pid, 'gpu0.present': 1, 'gpu0.limit': 100, 'gpu0.priority': 8 });
   const cb = ControlBlock.open(file, true);
   t.teardown(() => cb.close());

@@ -9,12 +9,12 @@ import t from 'tap';
 
 import { Gvm, GvmKey, GvmProcess } from '../lib/index';
 import { AGENT, FAKE, FAKE_RM, Prog, Report, start, until } from './fake-prog';
-import { gvm, RELEASE, ROOT, tmpShm } from './helpers';
+import { blockFile, gvm, RELEASE, ROOT, tmpShm } from './helpers';
 
 const BINDERS = ['direct', 'dlsym', 'procaddr'] as const;
 
 /** Control blocks in a shm dir (named by pid; the policy boards live in boards/). */
-const blocks = (shm: string) => fs.readdirSync(shm).filter((f) => /^\d+$/.test(f));
+const blocks = (shm: string) => fs.readdirSync(shm).filter((f) => /^\d+(@\d+)?$/.test(f));
 
 function expectCounts(t: Tap.Test, p: GvmProcess, report: Report, what: string): Promise<void> {
   return (async () => {
@@ -56,7 +56,7 @@ for (const binder of BINDERS) {
     t.ok(p.gpu(0).memory.peak >= ready.gpus['0']!.deviceBytes, 'peak kept the high-water mark');
     prog.send('exit');
     t.equal(await prog.exited, 0, 'program exits cleanly under the agent');
-    t.notOk(fs.existsSync(path.join(shm, String(ready.pid))), 'block removed at exit');
+    t.notOk(fs.existsSync(blockFile(shm, ready.pid)), 'block removed at exit');
   });
 }
 
@@ -114,10 +114,10 @@ t.test("fork after cuInit: the child's exit leaves the parent's block alone", as
   const shm = tmpShm(t);
   const prog = start(t, shm, 'direct', 'fork-after');
   const ready = await prog.report('READY');
-  t.ok(fs.existsSync(path.join(shm, String(ready.pid))), 'parent block still there after the child exited');
+  t.ok(fs.existsSync(blockFile(shm, ready.pid)), 'parent block still there after the child exited');
   using p = await Gvm.process(ready.pid, { shmDir: shm });
   await expectCounts(t, p, ready, 'parent after child exit');
-  t.same(blocks(shm), [String(ready.pid)], 'the child made no block');
+  t.same(blocks(shm), [path.basename(blockFile(shm, ready.pid))], 'the child made no block');
 });
 
 t.test('exit without freeing, and kill -9: no block left behind', async (t) => {
@@ -130,10 +130,10 @@ t.test('exit without freeing, and kill -9: no block left behind', async (t) => {
   const ready = await killed.report('READY');
   killed.child.kill('SIGKILL');
   await killed.exited;
-  t.ok(fs.existsSync(path.join(shm, String(ready.pid))), 'kill -9 leaves the block');
+  t.ok(fs.existsSync(blockFile(shm, ready.pid)), 'kill -9 leaves the block');
   const procs = await Gvm.processes({ shmDir: shm });
   t.equal(procs.length, 0, 'a dead process is not listed');
-  t.notOk(fs.existsSync(path.join(shm, String(ready.pid))), 'and whoever found it removed it');
+  t.notOk(fs.existsSync(blockFile(shm, ready.pid)), 'and whoever found it removed it');
 });
 
 t.test('no block for a process that never uses CUDA, nor with GVM_DISABLE=1', async (t) => {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 
-import { CLI, deadPid, gvm, liveBlock, makeBlock, NOOP_PRELOAD, ROOT, startTime, tmpShm } from './helpers';
+import { blockFile, CLI, deadPid, gvm, liveBlock, makeBlock, NOOP_PRELOAD, ROOT, startTime, tmpShm } from './helpers';
 
 const version = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -163,9 +163,9 @@ t.test('ps and get over made blocks', async (t) => {
     cmdline: `python ${'x'.repeat(200)}`,
   });
   const parent = process.ppid;
-  makeBlock(path.join(dir, String(parent)), { pid: parent, start_time: startTime(parent), state: 0, cmdline: 'starting-up' });
+  makeBlock(blockFile(dir, parent), { pid: parent, start_time: startTime(parent), state: 0, cmdline: 'starting-up' });
   const dead = deadPid();
-  makeBlock(path.join(dir, String(dead)), { pid: dead, start_time: 1 });
+  makeBlock(blockFile(dir, dead), { pid: dead, start_time: 1 });
 
   const ps = gvm(['ps'], env);
   t.equal(ps.status, 0, ps.stderr);
@@ -179,7 +179,7 @@ t.test('ps and get over made blocks', async (t) => {
   t.match(ours[1], /^\s*\d+\s+\S+\s+1\s+0 B \/ 0 B\s+0 B\s+7\s+0\s+2\s+frozen\s+python x+$/);
   const starting = lines.find((l) => l.trim().startsWith(`${parent} `));
   t.match(starting, /-\s+-\s+-\s+-\s+-\s+-\s+starting\s+starting-up$/);
-  t.notOk(fs.existsSync(path.join(dir, String(dead))), 'ps removed the stale block');
+  t.notOk(fs.existsSync(blockFile(dir, dead)), 'ps removed the stale block');
 
   const narrow = gvm(['ps'], { ...env, COLUMNS: '80' });
   t.ok(narrow.stdout.split('\n').every((l) => l.length <= 80), 'COMMAND truncated to the terminal width');

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { GVMD, makeBlock, serveBlock, startDaemon, startFakeAgent, startTime } from './helpers';
+import { blockFile, GVMD, makeBlock, serveBlock, startDaemon, startFakeAgent, startTime } from './helpers';
 
 const MiB = 1 << 20;
 const GiB = 1024 * MiB;
@@ -186,7 +186,7 @@ t.test('permissions: a process\'s files belong to its user; others may read, not
   const { uid } = testUser(t);
   const agent = await startFakeAgent(t, shm);
   // the block is the user's in real life (the agent creates it as that user); hand this one over
-  fs.chownSync(path.join(shm, String(agent.pid)), uid, uid);
+  fs.chownSync(blockFile(shm, agent.pid), uid, uid);
   await startDaemon(t, mount, shm);
   const dir = `${mount}/processes/${agent.pid}/0`;
   t.equal(fs.statSync(dir).uid, uid, 'directory owned by the process\'s user');
@@ -265,10 +265,10 @@ t.test('gvm daemon over gvm-make-block --serve blocks: values, writes, the agent
   const user = testUser(t);
   // root's block (this test's own process) and gvmtest's block (a sleep's pid, the file chowned)
   const rootPid = process.pid;
-  await serveBlock(t, path.join(shm, String(rootPid)), blockFields(rootPid));
+  await serveBlock(t, blockFile(shm, rootPid), blockFields(rootPid));
   const sleep = sleeper(t);
   const userPid = sleep.pid!;
-  const userBlock = path.join(shm, String(userPid));
+  const userBlock = blockFile(shm, userPid);
   await serveBlock(t, userBlock, blockFields(userPid, { 'gpu0.current': 2 * GiB, 'gpu0.submitted': 50, 'gpu0.ended': 50 }));
   fs.chownSync(userBlock, user.uid, user.gid);
   const daemon = await startDaemon(t, mount, shm, true);
@@ -344,7 +344,7 @@ t.test('a process that exits while its write waits gets ENOENT at once, not a ti
   const shm = tmpDir(t, 'gvm-shm-', 0o1777);
   const mount = tmpDir(t, 'gvm-mnt-');
   const sleep = sleeper(t);
-  makeBlock(path.join(shm, String(sleep.pid)), blockFields(sleep.pid!)); // nobody answers this block
+  makeBlock(blockFile(shm, sleep.pid), blockFields(sleep.pid!)); // nobody answers this block
   await startDaemon(t, mount, shm);
   const writer = spawn('sh', ['-c', `/bin/echo 5 > ${mount}/processes/${sleep.pid}/0/compute.priority`], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';

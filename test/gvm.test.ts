@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm, GvmError, GvmKey, GvmProcess } from '../lib/index';
-import { deadPid, liveBlock, makeBlock, serveBlock, startTime, tmpShm } from './helpers';
+import { blockFile, deadPid, liveBlock, makeBlock, serveBlock, startTime, tmpShm } from './helpers';
 
 t.test('processes() lists live blocks and reads live values', async (t) => {
   const dir = tmpShm(t);
@@ -69,30 +69,30 @@ function makeBlockInPlace(file: string, gpuOffset: number, value: bigint): void 
 t.test('stale blocks are removed and skipped', async (t) => {
   const dir = tmpShm(t);
   const dead = deadPid();
-  makeBlock(path.join(dir, String(dead)), { pid: dead, start_time: 12345 });
+  makeBlock(blockFile(dir, dead), { pid: dead, start_time: 12345 });
   // pid reuse: our own, live pid, but the block's start time is another process's.
-  makeBlock(path.join(dir, String(process.pid)), { pid: process.pid, start_time: startTime(process.pid) + 1 });
+  makeBlock(blockFile(dir, process.pid), { pid: process.pid, start_time: startTime(process.pid) + 1 });
   // a block whose pid field does not match its file name
   makeBlock(path.join(dir, '1'), { pid: process.pid, start_time: startTime(process.pid) });
   const procs = await Gvm.processes({ shmDir: dir });
   t.same(procs, []);
   t.same(fs.readdirSync(dir).sort(), [], 'all three were removed');
 
-  makeBlock(path.join(dir, String(dead)), { pid: dead, start_time: 12345 });
+  makeBlock(blockFile(dir, dead), { pid: dead, start_time: 12345 });
   await t.rejects(Gvm.process(dead, { shmDir: dir }), { code: 'EGVM_NOT_FOUND', message: /stale/ });
-  t.notOk(fs.existsSync(path.join(dir, String(dead))), 'process() removes it too');
+  t.notOk(fs.existsSync(blockFile(dir, dead)), 'process() removes it too');
 });
 
 t.test('bad blocks are skipped by processes() and reported by process()', async (t) => {
   const dir = tmpShm(t);
   liveBlock(dir);
   const other = process.ppid;
-  makeBlock(path.join(dir, String(other)), { pid: other, start_time: startTime(other), magic: 0 });
+  makeBlock(blockFile(dir, other), { pid: other, start_time: startTime(other), magic: 0 });
   const procs = await Gvm.processes({ shmDir: dir });
   t.equal(procs.length, 1);
   procs.forEach((p) => p.close());
   await t.rejects(Gvm.process(other, { shmDir: dir }), { code: 'EGVM_VERSION' });
-  t.ok(fs.existsSync(path.join(dir, String(other))), 'a bad block is not deleted');
+  t.ok(fs.existsSync(blockFile(dir, other)), 'a bad block is not deleted');
 });
 
 t.test('process() errors', async (t) => {
@@ -137,7 +137,7 @@ t.test('machine-wide GPU index from the driver\'s PCI list', async (t) => {
 
 t.test('commands map agent statuses to errors', async (t) => {
   const dir = tmpShm(t);
-  const file = path.join(dir, String(process.pid));
+  const file = blockFile(dir, process.pid);
   await serveBlock(t, file, { pid: process.pid, start_time: startTime(process.pid), 'gpu0.present': 1 });
   const p = await Gvm.process(process.pid, { shmDir: dir });
   t.teardown(() => p.close());

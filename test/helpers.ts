@@ -18,6 +18,15 @@ interface Teardown {
   teardown(fn: () => void | Promise<void>): void;
 }
 
+/**
+ * The block file of `pid`, a process of this test's own PID namespace: "<pid>", or "<pid>@<pid
+ * namespace inode>" when the tests run inside a container (include/gvm/control_block.h).
+ */
+const OWN_PID_NS = fs.statSync('/proc/self/ns/pid').ino;
+export function blockFile(dir: string, pid: number): string {
+  return path.join(dir, OWN_PID_NS === 0xeffffffc ? String(pid) : `${pid}@${OWN_PID_NS}`);
+}
+
 /** A fresh block directory (mode 0755, so other users may look in), removed after the test. */
 export function tmpShm(t: Teardown): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-test-'));
@@ -48,7 +57,7 @@ export function makeBlock(file: string, fields: Record<string, string | number> 
 
 /** A block for a live process (ours by default) with one present GPU and typical values. */
 export function liveBlock(dir: string, pid = process.pid, extra: Record<string, string | number> = {}): string {
-  const file = path.join(dir, String(pid));
+  const file = blockFile(dir, pid);
   makeBlock(file, {
     pid,
     start_time: startTime(pid),

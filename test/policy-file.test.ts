@@ -20,7 +20,7 @@ import { formatPath, loadPolicy, parsePolicy, PolicyFileError, PolicyRule } from
 import { parseJsonStrict } from '../lib/daemon/json-strict';
 import { firstMatch, ProcessFacts, readProcessFacts, ruleMatches, UserDb } from '../lib/daemon/policy-match';
 import { Prog, start } from './fake-prog';
-import { deadPid, makeBlock, ROOT, serveBlock, startTime } from './helpers';
+import { blockFile, deadPid, makeBlock, ROOT, serveBlock, startTime } from './helpers';
 
 const GVMD = path.join(ROOT, 'dist', 'daemon', 'gvmd.js');
 const EXAMPLE = path.join(ROOT, 'contrib', 'policy.example.json');
@@ -549,7 +549,7 @@ function sleeper(t: Tap.Test): { child: ChildProcess; pid: number; exited: Promi
 /** A block nobody answers (no agent behind it) for a live process. */
 function silentBlock(shm: string, pid: number, extra: Record<string, number> = {}): void {
   const fields = { pid, start_time: startTime(pid), 'gpu0.present': 1, 'gpu0.total': TOTAL, 'gpu0.limit': TOTAL, 'gpu0.priority': 8, ...extra };
-  makeBlock(path.join(shm, String(pid)), fields);
+  makeBlock(blockFile(shm, pid), fields);
 }
 
 t.test('exits, stops, stale blocks, hung and refusing agents: each logged once and skipped, nothing crashes', async (t) => {
@@ -557,7 +557,7 @@ t.test('exits, stops, stale blocks, hung and refusing agents: each logged once a
   const file = writePolicy(tmpDir(t, 'gvm-policy-'), { rules: [{ name: 'all', match: { comm: '*' }, apply: { class: 'latency', priority: 2 } }] });
 
   const stale = deadPid(); // a block whose process is gone
-  makeBlock(path.join(shm, String(stale)), { pid: stale, start_time: 1, 'gpu0.present': 1 });
+  makeBlock(blockFile(shm, stale), { pid: stale, start_time: 1, 'gpu0.present': 1 });
   const dying = sleeper(t); // exits while gvmd waits for its answer
   silentBlock(shm, dying.pid);
   const hung = sleeper(t); // lives, never answers
@@ -577,7 +577,7 @@ t.test('exits, stops, stale blocks, hung and refusing agents: each logged once a
   // wait until gvmd's first command is in the dying process's mailbox (its seq, at offset 2432, moves)
   const seq = (pid: number): number => {
     const buf = Buffer.alloc(4);
-    const fd = fs.openSync(path.join(shm, String(pid)), 'r');
+    const fd = fs.openSync(blockFile(shm, pid), 'r');
     fs.readSync(fd, buf, 0, 4, 2432);
     fs.closeSync(fd);
     return buf.readUInt32LE(0);
@@ -653,7 +653,7 @@ t.test('a process in start-up waits; a GPU that appears later gets its rule then
   const shm = tmpDir(t, 'gvm-shm-', 0o1777);
   const file = writePolicy(tmpDir(t, 'gvm-policy-'), { rules: [{ name: 'sleepers', match: { comm: 'sleep' }, apply: { priority: 5 } }] });
   const { pid } = sleeper(t);
-  const block = path.join(shm, String(pid));
+  const block = blockFile(shm, pid);
   const gpu = (i: number) => ({ [`gpu${i}.name`]: `GPU ${i}`, [`gpu${i}.total`]: TOTAL, [`gpu${i}.limit`]: TOTAL, [`gpu${i}.priority`]: 8 });
   // a stand-in agent that answers priority commands: still starting, GPU 1 not there yet
   await serveBlock(t, block, { pid, start_time: startTime(pid), state: 0, gpu_count: 2, 'gpu0.present': 1, ...gpu(0), ...gpu(1) });

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm } from '../lib/index';
-import { CLI, makeBlock, startFakeAgent, startTime, tmpShm } from './helpers';
+import { blockFile, CLI, makeBlock, startFakeAgent, startTime, tmpShm } from './helpers';
 
 const GiB = 1 << 30;
 const tmux = (...args: string[]) => spawnSync('tmux', args, { encoding: 'utf8' });
@@ -29,7 +29,7 @@ function knownProcess(t: Tap.Test, shm: string): number {
   const child: ChildProcess = spawn('sleep', ['1000'], { stdio: 'ignore' });
   t.teardown(() => void child.kill('SIGKILL'));
   const pid = child.pid!;
-  makeBlock(path.join(shm, String(pid)), {
+  makeBlock(blockFile(shm, pid), {
     pid,
     start_time: startTime(pid),
     gpu_count: 1,

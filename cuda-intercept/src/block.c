@@ -20,6 +20,13 @@
 struct gvm_control_block *gvm_block;
 static char block_path[320];
 static pid_t block_owner;
+static int block_fd = -1; /* holds the owner lock (GVM_CB_FLAG_OWNER_LOCK) for the process's life */
+
+/* The inode of our PID namespace (what readlink /proc/self/ns/pid shows); 0 if unknown. */
+static uint64_t self_pid_ns(void) {
+  struct stat st;
+  return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
 
 static uint64_t self_start_time(void) {
   char buf[1024];
@@ -78,9 +85,14 @@ struct gvm_control_block *gvm_block_create(void) {
     return NULL;
   }
   pid_t pid = getpid();
+  uint64_t ns = self_pid_ns();
+  /* in a container, pids repeat across the containers that share the directory: the name says whose */
+  char name[48];
+  if (ns && ns != GVM_INIT_PID_NS) snprintf(name, sizeof name, "%d@%llu", (int)pid, (unsigned long long)ns);
+  else snprintf(name, sizeof name, "%d", (int)pid);
   char tmp[320];
-  if ((size_t)snprintf(block_path, sizeof block_path, "%s/%d", dir, (int)pid) >= sizeof block_path ||
-      (size_t)snprintf(tmp, sizeof tmp, "%s/.%d.tmp", dir, (int)pid) >= sizeof tmp) {
+  if ((size_t)snprintf(block_path, sizeof block_path, "%s/%s", dir, name) >= sizeof block_path ||
+      (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name) >= sizeof tmp) {
     gvm_log(GVM_LOG_WARN, "GVM_SHM_DIR too long; " UNCONTROLLED);
     return NULL;
   }
@@ -101,17 +113,28 @@ struct gvm_control_block *gvm_block_create(void) {
     return NULL;
   }
   struct gvm_control_block *cb = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
   if (cb == MAP_FAILED) {
     gvm_log(GVM_LOG_WARN, "cannot map %s: %s; " UNCONTROLLED, tmp, strerror(errno));
+    close(fd);
     unlink(tmp);
     return NULL;
+  }
+  /* Liveness that holds across PID namespaces and pid reuse: the kernel drops this lock when the
+   * process dies, however it dies, and a reader in any container can test it (F_OFD_GETLK). */
+  struct flock owner = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+  if (fcntl(fd, F_OFD_SETLK, &owner) == 0) {
+    cb->flags |= GVM_CB_FLAG_OWNER_LOCK;
+    block_fd = fd;
+  } else {
+    gvm_log(GVM_LOG_INFO, "no owner lock on %s (%s): readers judge liveness by pid", tmp, strerror(errno));
+    close(fd);
   }
   cb->version_major = GVM_CB_VERSION_MAJOR;
   cb->version_minor = GVM_CB_VERSION_MINOR;
   cb->size = (uint32_t)size;
   cb->gpu_block_size = (uint32_t)sizeof(struct gvm_gpu_block);
   cb->pid = pid;
+  cb->pid_ns = ns;
   cb->uid = geteuid();
   cb->start_time = self_start_time();
   struct timespec ts;
@@ -126,6 +149,8 @@ struct gvm_control_block *gvm_block_create(void) {
     gvm_log(GVM_LOG_WARN, "cannot publish %s: %s; " UNCONTROLLED, block_path, strerror(errno));
     munmap(cb, size);
     unlink(tmp);
+    if (block_fd >= 0) close(block_fd);
+    block_fd = -1;
     return NULL;
   }
   block_owner = pid;
@@ -142,6 +167,9 @@ void gvm_block_remove(void) {
 void gvm_block_forget(void) {
   if (gvm_block) munmap(gvm_block, sizeof(struct gvm_control_block));
   gvm_block = NULL;
+  /* a fork child's copy of the parent's descriptor: closing it leaves the parent's lock in place */
+  if (block_fd >= 0) close(block_fd);
+  block_fd = -1;
   block_path[0] = 0;
   block_owner = 0;
 }

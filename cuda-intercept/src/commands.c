@@ -18,8 +18,11 @@ static void answer(struct gvm_command *cmd, int status, const char *fmt, ...) {
   cmd->status = status;
 }
 
+/* The block's present flag alone is not enough: anything of the user's may have set it for a GPU this
+ * process never saw, and a freeze or class applied there would answer OK for nothing (or hold launches
+ * of no GPU). What the agent itself found at cuInit decides. */
 static bool gpu_present(uint32_t gpu) {
-  return gpu < GVM_MAX_GPUS && GVM_LOAD(&gvm_block->gpu[gpu].present);
+  return gpu < GVM_MAX_GPUS && gvm_gpus[gpu].present && GVM_LOAD(&gvm_block->gpu[gpu].present);
 }
 
 void gvm_apply_command(struct gvm_command *cmd) {

@@ -68,6 +68,9 @@ static void note_event(int gpu, uint32_t kind, int32_t pid, uint64_t value) {
 }
 
 /* ---- boards ---- */
+/* Our fd of each board file: it holds the OFD lock on our slot's first byte while we live. */
+static int board_fds[GVM_MAX_GPUS] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+
 static struct gvm_board *board_open(int gpu) {
   const uint8_t *u = gvm_block->gpu[gpu].uuid;
   char path[400];
@@ -103,8 +106,11 @@ static struct gvm_board *board_open(int gpu) {
     }
   }
   struct gvm_board *b = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (b == MAP_FAILED) return NULL;
+  if (b == MAP_FAILED) {
+    close(fd);
+    return NULL;
+  }
+  board_fds[gpu] = fd; /* kept: our slot's lock lives on it */
   uint32_t magic = 0;
   /* the first opener stamps the header; racing openers write the same values */
   if (GVM_LOAD(&b->magic) == 0) {
@@ -119,6 +125,8 @@ static struct gvm_board *board_open(int gpu) {
   if (GVM_LOAD(&b->magic) != GVM_BOARD_MAGIC || b->version_major != GVM_BOARD_VERSION_MAJOR) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "policy board %s has another layout; no automatic policy on GPU %d", path, gpu);
     munmap(b, size);
+    close(fd);
+    board_fds[gpu] = -1;
     return NULL;
   }
   return b;
@@ -126,11 +134,23 @@ static struct gvm_board *board_open(int gpu) {
 
 static bool pid_alive(int32_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
 
+static off_t slot_offset(int i) { return (off_t)(offsetof(struct gvm_board, slot) + (size_t)i * sizeof(struct gvm_board_slot)); }
+
+/* Whether slot i's owner still runs, by its lock (any PID namespace); -1 when the lock cannot tell. */
+static int slot_owner_alive(int fd, int i) {
+  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot_offset(i), .l_len = 1};
+  if (fd < 0 || fcntl(fd, F_OFD_GETLK, &l) != 0) return -1;
+  return l.l_type != F_UNLCK;
+}
+
 /* A slot of a dead process: clear it so nobody waits on its busy flag or counts its memory. */
-static bool reap_slot(struct gvm_board *b, int i) {
+static bool reap_slot(struct gvm_board *b, int gpu, int i) {
   struct gvm_board_slot *s = &b->slot[i];
   int32_t pid = GVM_LOAD(&s->pid);
-  if (pid == 0 || pid_alive(pid)) return false;
+  if (pid == 0) return false;
+  /* a locked slot is judged by its lock alone: its pid may belong to another container */
+  int alive = GVM_LOAD(&s->locked) ? slot_owner_alive(board_fds[gpu], i) : -1;
+  if (alive == 1 || (alive < 0 && pid_alive(pid))) return false;
   GVM_STORE(&s->busy, 0u);
   GVM_STORE(&s->memory_need, 0ull);
   GVM_STORE(&s->memory_current, 0ull);
@@ -139,11 +159,15 @@ static bool reap_slot(struct gvm_board *b, int i) {
 
 static int claim_slot(struct gvm_board *b, int gpu) {
   int32_t me = getpid();
-  for (int i = 0; i < GVM_BOARD_SLOTS; i++) reap_slot(b, i);
+  for (int i = 0; i < GVM_BOARD_SLOTS; i++) reap_slot(b, gpu, i);
   for (int i = 0; i < GVM_BOARD_SLOTS; i++) {
     struct gvm_board_slot *s = &b->slot[i];
     int32_t expected = 0;
     if (!__atomic_compare_exchange_n(&s->pid, &expected, me, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot_offset(i), .l_len = 1};
+    bool locked = board_fds[gpu] >= 0 && fcntl(board_fds[gpu], F_OFD_SETLK, &l) == 0;
+    if (!locked) GVM_LOG_ONCE(GVM_LOG_INFO, "cannot lock a policy board slot (%s): peers judge it by its pid", strerror(errno));
+    GVM_STORE(&s->locked, locked ? 1u : 0u);
     struct gvm_gpu_block *g = &gvm_block->gpu[gpu];
     GVM_STORE(&s->busy, 0u);
     GVM_STORE(&s->frozen, GVM_LOAD(&g->frozen));
@@ -286,9 +310,8 @@ static void balance_memory(int gpu, const struct gvm_policy_view *v, uint64_t no
   if (v->memory_need) {
     *last_need_ns = now;
     if (GVM_LOAD(&gb->memory_mode) != GVM_MEMORY_MODE_SWAP) return;
-    struct gvm_board_slot *needy = NULL;
-    for (int i = 0; i < GVM_BOARD_SLOTS && !needy; i++)
-      if (GVM_LOAD(&boards[gpu]->slot[i].pid) == v->need_pid) needy = &boards[gpu]->slot[i];
+    struct gvm_board_slot *needy = &boards[gpu]->slot[v->need_slot];
+    if (GVM_LOAD(&needy->pid) != v->need_pid) needy = NULL; /* it left since the scan */
     uint64_t cur = GVM_LOAD(&gb->memory_current);
     uint64_t need = needy ? GVM_LOAD(&needy->memory_need) : 0;
     uint64_t give = need < cur ? need : cur;
@@ -325,7 +348,7 @@ static void reap_busy(int gpu) {
   for (int i = 0; i < GVM_BOARD_SLOTS; i++) {
     int32_t pid = GVM_LOAD(&b->slot[i].pid);
     if (!pid || !GVM_LOAD(&b->slot[i].busy)) continue;
-    if (reap_slot(b, i)) {
+    if (reap_slot(b, gpu, i)) {
       note_event(gpu, GVM_EVENT_PEER_GONE, pid, 0);
       board_changed(b);
     }
@@ -473,8 +496,11 @@ void gvm_policy_stop(void) {
     GVM_STORE(&s->busy, 0u);
     GVM_STORE(&s->memory_need, 0ull);
     GVM_STORE(&s->memory_current, 0ull);
+    GVM_STORE(&s->locked, 0u);
     GVM_STORE(&s->pid, 0);
     board_changed(boards[g]);
+    struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = slot_offset(slots[g]), .l_len = 1};
+    if (board_fds[g] >= 0) fcntl(board_fds[g], F_OFD_SETLK, &l);
   }
 }
 
@@ -485,6 +511,9 @@ void gvm_policy_reset(void) {
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
     if (boards[g]) munmap(boards[g], sizeof(struct gvm_board));
     boards[g] = NULL;
+    /* the parent's lock lives on in its own descriptor; closing our copy leaves it in place */
+    if (board_fds[g] >= 0) close(board_fds[g]);
+    board_fds[g] = -1;
     slots[g] = -1;
     thread_running[g] = false;
     atomic_store(&lent[g], 0);

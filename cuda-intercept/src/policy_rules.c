@@ -3,6 +3,10 @@
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 
+/* Other processes' slots hold whatever they wrote (the board is shared by a group): a sum of their
+ * counters saturates instead of wrapping to a small number that would look like free memory. */
+static uint64_t add_sat(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
 bool gvm_policy_outranks(const struct gvm_board_slot *other, uint32_t klass) {
   return klass == GVM_CLASS_BEST_EFFORT && LOAD(&other->klass) == GVM_CLASS_LATENCY;
 }
@@ -13,12 +17,13 @@ void gvm_policy_scan(const struct gvm_board *b, int self, uint32_t klass, struct
     const struct gvm_board_slot *s = &b->slot[i];
     int32_t pid = LOAD(&s->pid);
     if (i == self || pid == 0) continue;
-    v->memory_others += LOAD(&s->memory_current);
+    v->memory_others = add_sat(v->memory_others, LOAD(&s->memory_current));
     if (!gvm_policy_outranks(s, klass)) continue;
     uint64_t need = LOAD(&s->memory_need);
     if (need) {
-      v->memory_need += need;
+      v->memory_need = add_sat(v->memory_need, need);
       v->need_pid = pid;
+      v->need_slot = i;
     }
     /* a user's freeze stops its work: waiting for it to drain would hold us for nothing */
     if (LOAD(&s->busy) && !LOAD(&s->frozen)) {
@@ -44,14 +49,14 @@ int gvm_policy_decide(bool held, const struct gvm_policy_view *v, uint64_t now_n
     return GVM_STEP_STAY;
   }
   if (!held) return GVM_STEP_STAY;
-  uint64_t release_at = v->quiet_since_ns + idle_ns;
+  uint64_t release_at = add_sat(v->quiet_since_ns, idle_ns);
   if (v->quiet_since_ns == 0 || now_ns >= release_at) return GVM_STEP_RELEASE;
   *wait_ns = release_at - now_ns;
   return GVM_STEP_STAY;
 }
 
 uint64_t gvm_policy_returnable(uint64_t lent, uint64_t total, uint64_t mine, uint64_t others, uint64_t headroom) {
-  uint64_t used = mine + others + headroom;
+  uint64_t used = add_sat(add_sat(mine, others), headroom);
   if (used >= total) return 0;
   uint64_t room = total - used;
   return room < lent ? room : lent;

@@ -18,6 +18,7 @@ struct gvm_policy_view {
   uint64_t quiet_since_ns; /* none busy: when the last of them went idle (0: never busy) */
   uint64_t memory_need;    /* bytes their allocations wait for */
   int32_t need_pid;
+  int need_slot;           /* the slot of the one that waits (pids of other containers may be equal) */
   uint64_t memory_others;  /* device bytes held by every other participant */
 };
 

@@ -19,7 +19,20 @@
 #define GVM_SHM_DIR "/dev/shm/gvm"
 #define GVM_CB_MAGIC 0x434d5647u /* "GVMC" little-endian */
 #define GVM_CB_VERSION_MAJOR 1u
-#define GVM_CB_VERSION_MINOR 2u /* 1: per-GPU policy state; 2: backend */
+#define GVM_CB_VERSION_MINOR 3u /* 1: per-GPU policy state; 2: backend; 3: pid_ns, owner lock */
+
+/*
+ * Blocks of processes in the initial PID namespace are named "<pid>"; a process in another PID
+ * namespace (a container) names its block "<pid>@<pid_ns>" (its pid as it sees it, then the inode
+ * of that namespace), so processes of several containers sharing one directory never collide.
+ * GVM_INIT_PID_NS is the inode the kernel gives the initial namespace (PROC_PID_INIT_INO).
+ */
+#define GVM_INIT_PID_NS 0xEFFFFFFCull
+
+/* flags */
+#define GVM_CB_FLAG_OWNER_LOCK 1u /* the process holds an OFD write lock on byte 0 of the block file
+                                   * for its whole life: a reader in any namespace tests it with
+                                   * F_OFD_GETLK to know whether the process still runs */
 
 #define GVM_MAX_GPUS 16
 #define GVM_MAX_TSGS 32
@@ -218,7 +231,8 @@ struct gvm_control_block {
   uint32_t flags;
   char agent_version[32];
   char cmdline[GVM_CMDLINE_MAX]; /* argv joined by spaces, truncated */
-  uint8_t reserved_header0[2432 - 608 - 4];
+  uint64_t pid_ns;         /* inode of the process's PID namespace (minor 3); 0 in older blocks */
+  uint8_t reserved_header0[2432 - 616 - 4];
   uint32_t backend;        /* enum gvm_backend (minor 2); 0 in older blocks */
   struct gvm_command command;
   uint8_t reserved_header1[4096 - 2432 - sizeof(struct gvm_command)];
@@ -245,6 +259,7 @@ GVM_STATIC_ASSERT(sizeof(struct gvm_policy_info) == 592, "policy info size");
 GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, policy) == 3424, "gpu.policy");
 GVM_STATIC_ASSERT(sizeof(struct gvm_gpu_block) == 8192, "gpu block size");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, cmdline) == 96, "cmdline");
+GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, pid_ns) == 608, "pid_ns");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, backend) == 2428, "backend");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, command) == 2432, "command");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, gpu) == 4096, "gpu array");

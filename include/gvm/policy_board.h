@@ -9,7 +9,11 @@
  * channels, because only a process's own RM client may steer them.
  *
  * Slots are claimed with a compare-and-swap of pid (0 = free). A slot whose process died is reclaimed
- * by whoever notices (start_time guards against pid reuse). Same versioning rules as control_block.h.
+ * by whoever notices. A slot with `locked` set belongs to a process that holds an OFD write lock on
+ * the slot's first byte of the board file for as long as it lives: F_OFD_GETLK tells from any PID
+ * namespace whether it still runs (pids of processes in other containers mean nothing here). Older
+ * slots (locked 0) fall back to the pid (start_time guards against reuse). Same versioning rules as
+ * control_block.h.
  */
 #ifndef GVM_POLICY_BOARD_H
 #define GVM_POLICY_BOARD_H
@@ -18,7 +22,7 @@
 
 #define GVM_BOARD_MAGIC 0x42475647u /* "GVGB" little-endian */
 #define GVM_BOARD_VERSION_MAJOR 1u
-#define GVM_BOARD_VERSION_MINOR 0u
+#define GVM_BOARD_VERSION_MINOR 1u /* 1: slot owner locks */
 #define GVM_BOARD_SLOTS 64
 
 struct gvm_board_slot {
@@ -27,7 +31,7 @@ struct gvm_board_slot {
   int32_t priority;          /* 0..15, lower is more important */
   uint32_t busy;             /* latency: 1 from the first launch of a burst until all its work ended */
   uint32_t frozen;           /* frozen by a user: its pending work does not make it busy */
-  uint32_t reserved0;
+  uint32_t locked;           /* minor 1: its owner holds the OFD lock on the slot's first byte */
   uint64_t start_time;       /* /proc/<pid>/stat field 22, to tell a reused pid */
   uint64_t busy_since_ns;    /* CLOCK_MONOTONIC of the burst's first launch */
   uint64_t idle_since_ns;    /* CLOCK_MONOTONIC when its last burst ended */

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,12 +27,21 @@ struct gvm_self {
   int fd;
 };
 
-/* Maps this process's own block ($GVM_SHM_DIR or /dev/shm/gvm). 0, or -errno when there is none
- * (not running under the agent). */
+/* This process's own block file: $GVM_SHM_DIR (or /dev/shm/gvm), then "<pid>", or in a container
+ * "<pid>@<pid namespace inode>" (control_block.h). */
+static inline void gvm_self_block_path(char *path, size_t room) {
+  const char *dir = getenv("GVM_SHM_DIR");
+  struct stat ns;
+  if (stat("/proc/self/ns/pid", &ns) == 0 && (unsigned long long)ns.st_ino != GVM_INIT_PID_NS)
+    snprintf(path, room, "%s/%d@%llu", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid(), (unsigned long long)ns.st_ino);
+  else
+    snprintf(path, room, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid());
+}
+
+/* Maps this process's own block. 0, or -errno when there is none (not running under the agent). */
 static inline int gvm_self_open(struct gvm_self *self) {
   char path[320];
-  const char *dir = getenv("GVM_SHM_DIR");
-  snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid());
+  gvm_self_block_path(path, sizeof path);
   self->cb = NULL;
   self->fd = open(path, O_RDWR | O_CLOEXEC);
   if (self->fd < 0) return -errno;

@@ -299,6 +299,7 @@ export class KernelBlock implements NativeControlBlock {
       gpuCount: this.#gpus.size,
       driverVersion: a?.driverVersion ?? 0,
       flags: a?.flags ?? 0,
+      pidNs: a?.pidNs ?? 0,
       backend: BACKEND_KERNEL,
       agentVersion: a?.agentVersion ?? '',
       cmdline: a?.cmdline || this.#proc.cmdline,

@@ -11,9 +11,12 @@
  * changed by hand since. Processes that exit, stale blocks and refusals are logged once and skipped.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 import { isGvmError } from '../errors';
+import { INIT_PID_NS } from '../block-files';
 import { Gvm, GvmCommandResult, GvmGpu, GvmProcess } from '../index';
+import { native } from '../native';
 import { loadPolicy, permissionWarning, Policy } from './policy-file';
 import { firstMatch, isStopped, ProcessFacts, procStat, readProcessFacts, UserDb } from './policy-match';
 import { resolveApply, Setting, SETTINGS, SettingKey, SettingValue as Value } from './policy-settings';
@@ -63,6 +66,8 @@ interface GpuRecord {
 interface ProcessRecord {
   pid: number;
   startTime: number;
+  /** its control block's file name ("<pid>", or "<pid>@<namespace>" for a container's process) */
+  block: string | undefined;
   /** the name for log lines */
   label: string;
   facts?: ProcessFacts;
@@ -94,8 +99,8 @@ export class PolicyEngine {
   #policy: Policy;
   #generation = 1;
   readonly #procs = new Map<string, ProcessRecord>();
-  /** pids whose block was skipped as stale or unreadable (logged once) */
-  readonly #skipped = new Set<number>();
+  /** block files skipped as stale or unreadable (each logged once), by name */
+  readonly #skipped = new Set<string>();
   readonly #queue: Array<{ proc: GvmProcess; rec: ProcessRecord }> = [];
   #running = 0;
   #scanning: Promise<void> | undefined;
@@ -249,7 +254,7 @@ export class PolicyEngine {
   }
 
   async #scanOnce(): Promise<void> {
-    const names = await blockPids(this.#o.shmDir);
+    const names = await blockNames(this.#o.shmDir);
     let procs: GvmProcess[];
     try {
       procs = await Gvm.processes({ shmDir: this.#o.shmDir });
@@ -260,19 +265,23 @@ export class PolicyEngine {
       this.#listError = text;
       return;
     }
-    const known = new Set([...this.#procs.values()].map((r) => r.pid));
+    // the block files of the processes known (those that exited are reported by their own log line)
+    const known = new Set([...this.#procs.values()].map((r) => r.block));
     const seen = new Set<string>();
     for (const proc of procs) {
       let rec: ProcessRecord | undefined;
       try {
         const key = `${proc.pid}:${proc.startTime}`;
         seen.add(key);
-        known.add(proc.pid);
+        const file = proc._blockFile();
+        const block = file === undefined ? undefined : path.basename(file);
+        known.add(block);
         rec = this.#procs.get(key);
         if (rec === undefined) {
           rec = {
             pid: proc.pid,
             startTime: proc.startTime,
+            block,
             label: commandName(proc.command),
             factsGeneration: 0,
             gpus: new Map(),
@@ -299,12 +308,12 @@ export class PolicyEngine {
       this.#procs.delete(key);
       if (!rec.done && !rec.completed) this.#gone(rec); // exited while starting or stopped
     }
-    for (const pid of names) {
-      if (known.has(pid) || this.#skipped.has(pid)) continue;
-      this.#skipped.add(pid);
+    for (const [name, pid] of names) {
+      if (known.has(name) || this.#skipped.has(name)) continue;
+      this.#skipped.add(name);
       this.#log(`pid ${pid}: its control block belongs to no live process (or cannot be read); skipped`);
     }
-    for (const pid of this.#skipped) if (!names.has(pid)) this.#skipped.delete(pid);
+    for (const name of this.#skipped) if (!names.has(name)) this.#skipped.delete(name);
     this.#pump();
   }
 
@@ -475,13 +484,25 @@ function rules(n: number): string {
   return `${n} rule${n === 1 ? '' : 's'}`;
 }
 
-/** The pids that have a block file in `dir` (names that are numbers). */
-async function blockPids(dir: string): Promise<Set<number>> {
+/**
+ * The block files in `dir` this process can judge, by name, with the pid each names: all of them on
+ * the host; in a container, those of its own PID namespace (another container's are not ours).
+ */
+async function blockNames(dir: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  let entries: string[];
   try {
-    return new Set((await fs.promises.readdir(dir)).filter((n) => /^[1-9]\d*$/.test(n)).map(Number));
+    entries = await fs.promises.readdir(dir);
   } catch {
-    return new Set();
+    return out;
   }
+  const self = native().pidNamespace();
+  const host = self === 0 || self === INIT_PID_NS;
+  for (const name of entries) {
+    const b = native().parseBlockName(name);
+    if (b !== null && (host || b.ns === self)) out.set(name, b.pid);
+  }
+  return out;
 }
 
 /** "python3 serve.py --port 80" -> "python3": a name for log lines until /proc says better. */

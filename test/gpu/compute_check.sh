@@ -5,12 +5,8 @@
 # Needs node on PATH (source .device/env.sh) and the built agent, addon and dist/.
 set -u
 cd "$(dirname "$0")/../.."
-GVM="node dist/cli/gvm.js"
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-# the loop rewrites its progress file each iteration: a read may land on the empty, truncated file
-iters() { local v=""; for _ in 1 2 3 4 5; do v=$(cut -d' ' -f1 "$1" 2>/dev/null); [ -n "$v" ] && break; sleep 0.01; done; echo "${v:-0}"; }
+# shellcheck source=cli_check_lib.sh
+. test/gpu/cli_check_lib.sh
 tmp=$(mktemp -d)
 
 # 1. freeze / thaw a running PyTorch loop

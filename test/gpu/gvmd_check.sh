@@ -3,12 +3,8 @@
 # cat memory.current, echo 1 > compute.freeze stops its progress, echo 0 resumes it.
 set -u
 cd "$(dirname "$0")/../.."
-GVM="node dist/cli/gvm.js"
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-# the loop rewrites its progress file each iteration: a read may land on the empty, truncated file
-iters() { local v=""; for _ in 1 2 3 4 5; do v=$(cut -d' ' -f1 "$1" 2>/dev/null); [ -n "$v" ] && break; sleep 0.01; done; echo "${v:-0}"; }
+# shellcheck source=cli_check_lib.sh
+. test/gpu/cli_check_lib.sh
 tmp=$(mktemp -d); mnt=$tmp/mnt
 LOOP_SECONDS=20 $GVM run -- python3 test/gpu/compute_loop.py "$tmp/p" > "$tmp/o" 2>&1 &
 for _ in $(seq 100); do grep -q '^PID' "$tmp/o" 2>/dev/null && [ -s "$tmp/p" ] && break; sleep 0.1; done

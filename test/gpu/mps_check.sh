@@ -7,11 +7,8 @@
 # Needs node on PATH (source .device/env.sh), the built agent, addon and dist/, and the MPS binaries.
 set -u
 cd "$(dirname "$0")/../.."
-GVM="node dist/cli/gvm.js"
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-iters() { local v=""; for _ in 1 2 3 4 5; do v=$(cut -d' ' -f1 "$1" 2>/dev/null); [ -n "$v" ] && break; sleep 0.01; done; echo "${v:-0}"; }
+# shellcheck source=cli_check_lib.sh
+. test/gpu/cli_check_lib.sh
 command -v nvidia-cuda-mps-control > /dev/null || { echo "SKIP: no nvidia-cuda-mps-control"; exit 0; }
 tmp=$(mktemp -d)
 export CUDA_MPS_PIPE_DIRECTORY=$tmp/pipe CUDA_MPS_LOG_DIRECTORY=$tmp/log

@@ -4,7 +4,7 @@
  *
  *   gvm-make-block PATH [FIELD=VALUE ...] [--serve]
  *
- * Header fields: pid uid start_time created_unix_ms heartbeat_ns state gpu_count driver flags
+ * Header fields: pid uid start_time created_unix_ms heartbeat_ns state gpu_count driver flags pid_ns
  *   agent_version cmdline magic major minor size gpu_block_size truncate (file length) mode (octal)
  * GPU fields, prefixed gpuN. (N = 0..15): present ordinal uuid (32 hex digits) pci name total limit
  *   mode priority frozen contexts current swap peak managed host submitted ended allocs frees
@@ -139,6 +139,7 @@ static void set_field(struct gvm_control_block *cb, const char *key, const char 
   else if (strcmp(key, "driver") == 0) cb->driver_version = (uint32_t)num(key, val);
   else if (strcmp(key, "flags") == 0) cb->flags = (uint32_t)num(key, val);
   else if (strcmp(key, "backend") == 0) cb->backend = (uint32_t)num(key, val);
+  else if (strcmp(key, "pid_ns") == 0) cb->pid_ns = (uint64_t)num(key, val);
   else if (strcmp(key, "agent_version") == 0) copy_str(cb->agent_version, sizeof cb->agent_version, val);
   else if (strcmp(key, "cmdline") == 0) copy_str(cb->cmdline, sizeof cb->cmdline, val);
   else if (strcmp(key, "magic") == 0) cb->magic = (uint32_t)num(key, val);

@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 #if !defined(__x86_64__)
 #error "gvm-hot-path traps system calls with x86_64 assembly"
@@ -368,8 +369,7 @@ static void *launcher(void *arg)
 static struct gvm_control_block *open_block(void)
 {
     char path[512];
-    const char *dir = getenv("GVM_SHM_DIR");
-    snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid());
+    gvm_self_block_path(path, sizeof path);
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
         fprintf(stderr, "FAIL control-block %s (run under the agent)\n", path);

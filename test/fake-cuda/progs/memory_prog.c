@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "gvm/control_block.h"
+#include "gvm/self_command.h"
 
 #define MiB ((size_t)1 << 20)
 #define GRAN (2 * MiB)
@@ -96,8 +97,7 @@ static void open_gpu_for(int need_block)
     CK(cuDevicePrimaryCtxRetain(&g_ctx, g_dev));
     CK(cuCtxSetCurrent(g_ctx));
     char path[512];
-    const char *dir = getenv("GVM_SHM_DIR");
-    snprintf(path, sizeof path, "%s/%d", dir && *dir ? dir : GVM_SHM_DIR, (int)getpid());
+    gvm_self_block_path(path, sizeof path);
     int fd = open(path, O_RDONLY);
     if (fd < 0 && !need_block)
         return; /* ipc-import also runs without the agent */
