@@ -23,7 +23,7 @@ import {
   KernelBlock,
   kernelPids,
 } from './backend/kernel';
-import { blockEntries, blockEntryFor, judgeBlock } from './block-files';
+import { blockEntries, blockEntryFor, INIT_PID_NS, judgeBlock } from './block-files';
 import { codeForStatus, GvmError, isGvmError, statusName } from './errors';
 import { native, NativeControlBlock, NativeGpu, NativeRm } from './native';
 import { shmDir } from './paths';
@@ -470,6 +470,16 @@ export class GvmProcess implements Disposable {
 
   get uid(): number {
     return this.#handle.header().uid;
+  }
+
+  /**
+   * Where the process runs, for one in a container: its pid there and the inode of its PID namespace
+   * (`readlink /proc/<pid>/ns/pid`). Undefined for a process of the host's namespace, or one whose
+   * agent predates the field.
+   */
+  get container(): { pid: number; pidNamespace: number } | undefined {
+    const h = this.#handle.header();
+    return h.pidNs !== 0 && h.pidNs !== INIT_PID_NS ? { pid: h.pid, pidNamespace: h.pidNs } : undefined;
   }
 
   /** The user name from /etc/passwd, or the uid as a string. */

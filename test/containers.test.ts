@@ -86,6 +86,13 @@ else {
     const procs = await Gvm.processes({ shmDir: shm });
     t.teardown(() => procs.forEach((p) => p.close()));
     t.same(procs.map((p) => p.pid), [hostA, hostB, hostOwn].sort((x, y) => x - y), 'the host lists all three, the containers by their host pids');
+    const byPid = new Map(procs.map((p) => [p.pid, p]));
+    t.same(byPid.get(hostA)?.container, { pid: 1, pidNamespace: nsOf(hostA) }, 'A says where it runs: PID 1 of its namespace');
+    if (nsOf('self') === 0xeffffffc) t.equal(byPid.get(hostOwn)?.container, undefined, "the host's own process is in no container");
+    else t.same(byPid.get(hostOwn)?.container, { pid: hostOwn, pidNamespace: nsOf('self') }, 'the tests run in a container: so is their own process');
+    const ps = spawnSync(process.execPath, [CLI, 'ps', '--json'], { encoding: 'utf8', env: { ...process.env, GVM_SHM_DIR: shm } });
+    const rows = JSON.parse(ps.stdout) as Array<{ pid: number; container: { pid: number; pidNamespace: number } | null }>;
+    t.same(rows.find((r) => r.pid === hostB)?.container, { pid: 1, pidNamespace: nsOf(hostB) }, 'gvm ps --json shows it too');
 
     // the host steers each by its host pid, and only that one
     const frozen = spawnSync(process.execPath, [CLI, 'freeze', String(hostA)], { encoding: 'utf8', env: { ...process.env, GVM_SHM_DIR: shm } });

@@ -20,6 +20,7 @@ function psJson(p: GvmProcess, g: GvmGpu | undefined): object {
     driverVersion: p.driverVersion,
     state: stateOf(p, g),
     backend: p.backend,
+    container: p.container ?? null,
     gpu: g === undefined ? null : g.snapshot(),
   };
 }
