@@ -24,6 +24,7 @@ Commands:
   freeze PID[:GPU]                 stop the process's GPU work (every GPU when none is given)
   thaw PID[:GPU]                   let a frozen process run again
   debug rm PID[:GPU]               show the RM client, TSGs and channels the agent recorded
+  doctor [--json]                  check what gvm can do on this machine (driver, MPS, containers...)
   top [--once] [--sort KEY]        a live view of every GPU and process (KEY: memory, rate, pid, priority)
   daemon [options]                 run gvmd: the GVM file tree over FUSE, Prometheus metrics and
                                    the policy file (--policy FILE, --check-policy FILE)
@@ -126,9 +127,19 @@ Shows the NVIDIA RM objects the agent recorded for the process on GPU (default: 
 the RM client, device and subdevice handles, the channel groups (TSGs) with their engine
 (compute/GR or copy/CE) and time slice, and the GPFIFO channels.
 `,
+  doctor: `Usage: gvm doctor [--json]
+
+Checks what gvm can do on this machine and says what to do about what it cannot: the agent and the
+addon, the NVIDIA driver (priority and the hardware freeze need a driver whose RM controls gvm
+verified, 525..580; else freeze holds launches in software), the GPUs and libcuda, the control block
+directory, a container's PID namespace, an MPS daemon (its clients get the software freeze only),
+gvmd's FUSE needs, the backend and whose processes are visible. One line per finding: ok, info,
+warn or fail, with a fix under each warn and fail. Exit status 1 when a check failed (processes
+would run without gvm's control), else 0.
+`,
   help: `Usage: gvm help [COMMAND]
 
-Shows help for gvm, or for one of: run, ps, get, set, freeze, thaw, debug.
+Shows help for gvm, or for one of: run, ps, get, set, freeze, thaw, debug, doctor.
 `,
 };
 

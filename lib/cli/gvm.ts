@@ -7,6 +7,7 @@ import { isGvmError } from '../errors';
 import { isSortKey, runTop, SortKey } from '../top/top';
 import { isHelp, out, USAGE, UsageError, version } from './common';
 import { cmdDebug } from './debug';
+import { cmdDoctor } from './doctor';
 import { cmdGet } from './get';
 import { cmdPs } from './ps';
 import { cmdRun } from './run';
@@ -47,6 +48,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdFreeze(rest, false);
       case 'debug':
         return await cmdDebug(rest);
+      case 'doctor':
+        return await cmdDoctor(rest);
       case 'daemon':
         // loaded only here: gvmd pulls in prom-client and the FUSE module, which no other command needs
         return await (require('../daemon/gvmd') as typeof import('../daemon/gvmd.js')).main(rest);
