@@ -7,6 +7,7 @@
 // means nothing in another namespace: slots are judged by their owner locks).
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
@@ -109,7 +110,17 @@ else {
     // gvmd on the host: the file tree names them by host pid, and a write reaches the right one
     const mount = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-mnt-'));
     t.teardown(() => fs.rmSync(mount, { recursive: true, force: true }));
-    await startDaemon(t, mount, shm);
+    const daemon = await startDaemon(t, mount, shm);
+    const metrics = await new Promise<string>((resolve, reject) => {
+      http.get({ host: '127.0.0.1', port: daemon.port, path: '/metrics' }, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve(body));
+      }).on('error', reject);
+    });
+    const info = metrics.split('\n').find((l) => l.startsWith('gvm_process_info{') && l.includes(`pid="${hostA}"`));
+    t.match(info, new RegExp(`container_pid="1",pid_namespace="${nsOf(hostA)}"`), "gvmd's metrics say where A runs");
+    t.match(info, /cgroup="\/[^"]*"/, 'with its cgroup, to join with the container\'s own metrics');
     const listed = fs.readdirSync(path.join(mount, 'processes')).map(Number).sort((x, y) => x - y);
     t.same(listed, [hostA, hostB, hostOwn].sort((x, y) => x - y), "gvmd's tree lists the containers' processes by host pid");
     fs.writeFileSync(path.join(mount, 'processes', String(hostB), '0', 'compute.priority'), '12\n');

@@ -2,6 +2,8 @@
  * Prometheus metrics of every process under gvm, read from the control blocks at scrape time.
  * prom-client's collect() hooks fill the metrics from one snapshot per scrape.
  */
+import * as fs from 'node:fs';
+
 import { Counter, Gauge, Registry } from 'prom-client';
 
 import { Gvm, GvmProcess } from '../index';
@@ -117,8 +119,37 @@ export function createMetrics(options: MetricsOptions = {}): GvmMetrics {
       }
     },
   });
+  new Gauge({
+    name: 'gvm_process_info',
+    help: "Where a process under gvm runs (always 1): its cgroup v2 path (a container's or pod's, to join with their metrics) and, for a process in another PID namespace, its pid there and that namespace's inode",
+    labelNames: ['pid', 'cgroup', 'container_pid', 'pid_namespace'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const seen = new Set<number>();
+      for (const s of snapshot) {
+        if (seen.has(s.proc.pid)) continue;
+        seen.add(s.proc.pid);
+        const c = s.proc.container;
+        this.set(
+          { pid: s.labels.pid, cgroup: cgroupOf(s.proc.pid), container_pid: c ? String(c.pid) : '', pid_namespace: c ? String(c.pidNamespace) : '' },
+          1,
+        );
+      }
+    },
+  });
   if (options.policy !== undefined) policyMetrics(registry, options.policy);
   return { registry, refresh };
+}
+
+/** The cgroup v2 path of a process ("0::/..." in /proc/<pid>/cgroup), '' when unknown. */
+function cgroupOf(pid: number): string {
+  try {
+    const line = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => l.startsWith('0::'));
+    return line === undefined ? '' : line.slice(3);
+  } catch {
+    return '';
+  }
 }
 
 /** The policy file's engine: rules in force, applications and failures per rule, reloads. */
