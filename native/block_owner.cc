@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -73,12 +74,13 @@ std::string NameOf(int pid, uint64_t ns) {
 }  // namespace
 
 uint64_t SelfPidNs() {
-  static uint64_t ns = 0;
-  if (ns == 0) {
+  static std::atomic<uint64_t> ns{0};  // FUSE threads ask too
+  uint64_t v = ns.load(std::memory_order_relaxed);
+  if (v == 0) {
     struct stat st {};
-    if (stat("/proc/self/ns/pid", &st) == 0) ns = static_cast<uint64_t>(st.st_ino);
+    if (stat("/proc/self/ns/pid", &st) == 0) ns.store(v = static_cast<uint64_t>(st.st_ino), std::memory_order_relaxed);
   }
-  return ns;
+  return v;
 }
 
 bool ParseBlockName(const char* name, int* pid, uint64_t* ns) {

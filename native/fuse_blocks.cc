@@ -79,7 +79,10 @@ int PidOfEntry(const char* name) {
   int nspid = 0;
   uint64_t ns = 0;
   if (!ParseBlockName(name, &nspid, &ns)) return 0;
-  if (ns == 0 || ns == SelfPidNs()) return nspid;  // the name is the pid; Load checks the rest
+  const uint64_t self = SelfPidNs();
+  const bool host = self == 0 || self == GVM_INIT_PID_NS;
+  if (ns == 0 && !host) return 0;  // the host's process: not visible from a container
+  if ((ns == 0 && host) || ns == self) return nspid;  // the name is the pid; Load checks the rest
   int fd = open((g_shmDir + "/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return 0;
   uint64_t start = 0;

@@ -27,8 +27,12 @@ uintptr_t g_pageMask;
 std::once_flag g_installed;
 
 void OnSigbus(int sig, siginfo_t* info, void* context) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(info->si_addr);
+  // si_code > 0: raised by the kernel for an access (si_addr is the address). <= 0: kill(),
+  // sigqueue() or tgkill(): nothing faulted and si_addr is the sender's pid/uid (or its own data).
+  const bool fault = info != nullptr && info->si_code > 0;
+  const uintptr_t at = fault ? reinterpret_cast<uintptr_t>(info->si_addr) : 0;
   for (Slot& s : g_slots) {
+    if (!fault) break;
     const uintptr_t start = s.start.load(std::memory_order_acquire);
     const size_t length = s.length.load(std::memory_order_relaxed);
     if (start == 0 || at < start || at >= start + length) continue;
@@ -47,9 +51,13 @@ void OnSigbus(int sig, siginfo_t* info, void* context) {
     g_previous.sa_sigaction(sig, info, context);
   } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
     g_previous.sa_handler(sig);
-  } else {
+  } else if (fault) {
     sigaction(SIGBUS, &g_previous, nullptr);  // the access runs again and gets the default action
-  }
+  } else if (g_previous.sa_handler == SIG_DFL) {
+    // a sent signal does not come again by returning: deliver it with the default action (core)
+    sigaction(SIGBUS, &g_previous, nullptr);
+    raise(sig);
+  }  // SIG_IGN and sent: ignored, as it would have been, and the guard stays
 }
 
 void Install() {

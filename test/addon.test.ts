@@ -312,6 +312,27 @@ t.test("a block file shrunk by its owner while mapped: an error, not a SIGBUS th
   t.same(out.codes, ['EGVM_IO', 'EGVM_IO', 'EGVM_IO'], 'every read after the shrink is EGVM_IO, the first one included');
 });
 
+t.test('a SIGBUS sent with kill still ends the process, and the guard stays for real faults', async (t) => {
+  const dir = tmpShm(t);
+  const file = liveBlock(dir);
+  const script = (sendFirst: boolean) => `
+    const fs = require('fs');
+    const { Gvm } = require(${JSON.stringify(DIST)});
+    (async () => {
+      const p = await Gvm.process(${process.pid}, { shmDir: ${JSON.stringify(dir)} });
+      p.gpus[0].memory.limit; // the guard is installed with the first mapping
+      ${sendFirst ? "process.kill(process.pid, 'SIGBUS'); await new Promise((r) => setTimeout(r, 200)); console.log('survived kill -BUS');" : ''}
+      fs.truncateSync(${JSON.stringify(file)}, 4096);
+      try { p.gpus[0].memory.current; console.log('read ok'); } catch (e) { console.log('read threw ' + e.code); }
+    })();`;
+  const sent = nodeScript(script(true));
+  t.equal(sent.signal, 'SIGBUS', 'kill -BUS ends the process as it would without gvm (the guard only takes faults)');
+  t.notMatch(sent.stdout, /survived/);
+  const fault = nodeScript(script(false));
+  t.equal(fault.signal, null, fault.stderr);
+  t.match(fault.stdout, /read threw EGVM_IO/, 'a real fault is still absorbed');
+});
+
 t.test('processStartTime', async (t) => {
   t.equal(addon.processStartTime(process.pid), startTime(process.pid));
   t.equal(addon.processStartTime(0x7ffffffe), null, 'no such process');

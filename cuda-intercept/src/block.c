@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -21,6 +22,15 @@ struct gvm_control_block *gvm_block;
 static char block_path[320];
 static pid_t block_owner;
 static int block_fd = -1; /* holds the owner lock (GVM_CB_FLAG_OWNER_LOCK) for the process's life */
+static void *block_map;   /* our mapping of it: a reference to the same open file, so to the lock */
+
+/* Held from the open of the block file until block_fd and block_map record what refers to it; fork()
+ * takes it first. A child forked in between would keep an unrecorded descriptor or mapping of the
+ * open file that carries our owner lock, and with it the lock after we die: a dead block kept. */
+static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
+static void fd_lock_take(void) { pthread_mutex_lock(&fd_lock); }
+static void fd_lock_give(void) { pthread_mutex_unlock(&fd_lock); }
+__attribute__((constructor)) static void gvm_block_load(void) { pthread_atfork(fd_lock_take, fd_lock_give, fd_lock_give); }
 
 /* The inode of our PID namespace (what readlink /proc/self/ns/pid shows); 0 if unknown. */
 static uint64_t self_pid_ns(void) {
@@ -97,8 +107,10 @@ struct gvm_control_block *gvm_block_create(void) {
     return NULL;
   }
   unlink(tmp); /* a leftover of an earlier process with our pid and uid; fails harmlessly otherwise */
+  fd_lock_take();
   int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
+    fd_lock_give();
     gvm_log(GVM_LOG_WARN, "cannot create %s: %s; " UNCONTROLLED, tmp, strerror(errno));
     return NULL;
   }
@@ -107,27 +119,34 @@ struct gvm_control_block *gvm_block_create(void) {
   int err = posix_fallocate(fd, 0, (off_t)size);
   if (err != 0 && ftruncate(fd, (off_t)size) == 0 && err != ENOSPC) err = 0; /* fs without fallocate */
   if (err != 0) {
-    gvm_log(GVM_LOG_WARN, "cannot size %s: %s; " UNCONTROLLED, tmp, strerror(err));
     close(fd);
+    fd_lock_give();
+    gvm_log(GVM_LOG_WARN, "cannot size %s: %s; " UNCONTROLLED, tmp, strerror(err));
     unlink(tmp);
     return NULL;
   }
   struct gvm_control_block *cb = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (cb == MAP_FAILED) {
-    gvm_log(GVM_LOG_WARN, "cannot map %s: %s; " UNCONTROLLED, tmp, strerror(errno));
+    int e = errno;
     close(fd);
+    fd_lock_give();
+    gvm_log(GVM_LOG_WARN, "cannot map %s: %s; " UNCONTROLLED, tmp, strerror(e));
     unlink(tmp);
     return NULL;
   }
   /* Liveness that holds across PID namespaces and pid reuse: the kernel drops this lock when the
    * process dies, however it dies, and a reader in any container can test it (F_OFD_GETLK). */
   struct flock owner = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+  block_map = cb;
   if (fcntl(fd, F_OFD_SETLK, &owner) == 0) {
     cb->flags |= GVM_CB_FLAG_OWNER_LOCK;
     block_fd = fd;
+    fd_lock_give();
   } else {
-    gvm_log(GVM_LOG_INFO, "no owner lock on %s (%s): readers judge liveness by pid", tmp, strerror(errno));
+    int e = errno;
     close(fd);
+    fd_lock_give();
+    gvm_log(GVM_LOG_INFO, "no owner lock on %s (%s): readers judge liveness by pid", tmp, strerror(e));
   }
   cb->version_major = GVM_CB_VERSION_MAJOR;
   cb->version_minor = GVM_CB_VERSION_MINOR;
@@ -147,10 +166,13 @@ struct gvm_control_block *gvm_block_create(void) {
   GVM_STORE(&cb->magic, GVM_CB_MAGIC);
   if (rename(tmp, block_path) != 0) {
     gvm_log(GVM_LOG_WARN, "cannot publish %s: %s; " UNCONTROLLED, block_path, strerror(errno));
+    fd_lock_take();
     munmap(cb, size);
-    unlink(tmp);
+    block_map = NULL;
     if (block_fd >= 0) close(block_fd);
     block_fd = -1;
+    fd_lock_give();
+    unlink(tmp);
     return NULL;
   }
   block_owner = pid;
@@ -165,7 +187,9 @@ void gvm_block_remove(void) {
 }
 
 void gvm_block_forget(void) {
-  if (gvm_block) munmap(gvm_block, sizeof(struct gvm_control_block));
+  /* block_map: also a mapping made just before a fork, not yet in gvm_block */
+  if (block_map || gvm_block) munmap(block_map ? block_map : gvm_block, sizeof(struct gvm_control_block));
+  block_map = NULL;
   gvm_block = NULL;
   /* a fork child's copy of the parent's descriptor: closing it leaves the parent's lock in place */
   if (block_fd >= 0) close(block_fd);

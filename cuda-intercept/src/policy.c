@@ -70,6 +70,12 @@ static void note_event(int gpu, uint32_t kind, int32_t pid, uint64_t value) {
 /* ---- boards ---- */
 /* Our fd of each board file: it holds the OFD lock on our slot's first byte while we live. */
 static int board_fds[GVM_MAX_GPUS] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+/* Held from a board's open until board_fds and boards record its fd and mapping (both refer to the
+ * open file that carries our slot lock); fork() takes it first. See block.c fd_lock. */
+static pthread_mutex_t board_fd_lock = PTHREAD_MUTEX_INITIALIZER;
+static void board_fd_take(void) { pthread_mutex_lock(&board_fd_lock); }
+static void board_fd_give(void) { pthread_mutex_unlock(&board_fd_lock); }
+__attribute__((constructor)) static void gvm_board_load(void) { pthread_atfork(board_fd_take, board_fd_give, board_fd_give); }
 
 static struct gvm_board *board_open(int gpu) {
   const uint8_t *u = gvm_block->gpu[gpu].uuid;
@@ -83,8 +89,10 @@ static struct gvm_board *board_open(int gpu) {
   for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < sizeof path; i++) n += snprintf(path + n, sizeof path - (size_t)n, "%02x", u[i]);
   if (n <= 0 || (size_t)n + 8 >= sizeof path) return NULL;
   snprintf(path + n, sizeof path - (size_t)n, ".board");
+  board_fd_take();
   int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0660);
   if (fd < 0) {
+    board_fd_give();
     GVM_LOG_ONCE(GVM_LOG_WARN, "cannot open the policy board %s: %s; no automatic policy", path, strerror(errno));
     return NULL;
   }
@@ -92,6 +100,7 @@ static struct gvm_board *board_open(int gpu) {
   size_t size = sizeof(struct gvm_board);
   if (fstat(fd, &st) != 0) {
     close(fd);
+    board_fd_give();
     return NULL;
   }
   if ((size_t)st.st_size < size) {
@@ -100,17 +109,21 @@ static struct gvm_board *board_open(int gpu) {
     if (err != 0 && ftruncate(fd, (off_t)size) != 0) err = errno;
     else err = 0;
     if (err) {
-      GVM_LOG_ONCE(GVM_LOG_WARN, "cannot size the policy board %s: %s", path, strerror(err));
       close(fd);
+      board_fd_give();
+      GVM_LOG_ONCE(GVM_LOG_WARN, "cannot size the policy board %s: %s", path, strerror(err));
       return NULL;
     }
   }
   struct gvm_board *b = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (b == MAP_FAILED) {
     close(fd);
+    board_fd_give();
     return NULL;
   }
   board_fds[gpu] = fd; /* kept: our slot's lock lives on it */
+  boards[gpu] = b;     /* recorded now: a fork child unmaps it (gvm_policy_reset) */
+  board_fd_give();
   uint32_t magic = 0;
   /* the first opener stamps the header; racing openers write the same values */
   if (GVM_LOAD(&b->magic) == 0) {
@@ -124,9 +137,12 @@ static struct gvm_board *board_open(int gpu) {
   }
   if (GVM_LOAD(&b->magic) != GVM_BOARD_MAGIC || b->version_major != GVM_BOARD_VERSION_MAJOR) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "policy board %s has another layout; no automatic policy on GPU %d", path, gpu);
+    board_fd_take();
     munmap(b, size);
     close(fd);
     board_fds[gpu] = -1;
+    boards[gpu] = NULL;
+    board_fd_give();
     return NULL;
   }
   return b;
@@ -162,12 +178,20 @@ static int claim_slot(struct gvm_board *b, int gpu) {
   for (int i = 0; i < GVM_BOARD_SLOTS; i++) reap_slot(b, gpu, i);
   for (int i = 0; i < GVM_BOARD_SLOTS; i++) {
     struct gvm_board_slot *s = &b->slot[i];
-    int32_t expected = 0;
-    if (!__atomic_compare_exchange_n(&s->pid, &expected, me, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+    if (GVM_LOAD(&s->pid) != 0) continue;
+    /* The lock before the pid: once our pid is in the slot a peer may judge it, and a slot reaped
+     * after a SIGKILL still says locked=1; an unheld lock then would read as a dead owner. */
     struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot_offset(i), .l_len = 1};
     bool locked = board_fds[gpu] >= 0 && fcntl(board_fds[gpu], F_OFD_SETLK, &l) == 0;
+    if (!locked && (errno == EAGAIN || errno == EACCES)) continue; /* another process is claiming it */
     if (!locked) GVM_LOG_ONCE(GVM_LOG_INFO, "cannot lock a policy board slot (%s): peers judge it by its pid", strerror(errno));
     GVM_STORE(&s->locked, locked ? 1u : 0u);
+    int32_t expected = 0;
+    if (!__atomic_compare_exchange_n(&s->pid, &expected, me, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+      l.l_type = F_UNLCK;
+      if (locked) fcntl(board_fds[gpu], F_OFD_SETLK, &l);
+      continue;
+    }
     struct gvm_gpu_block *g = &gvm_block->gpu[gpu];
     GVM_STORE(&s->busy, 0u);
     GVM_STORE(&s->frozen, GVM_LOAD(&g->frozen));
