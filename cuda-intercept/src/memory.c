@@ -637,12 +637,21 @@ CUresult gvm_hook_cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
 }
 
 CUresult gvm_hook_cuMemPoolDestroy(CUmemoryPool pool) {
+  /* Out of the table before the driver frees it, and after any refresh that is querying it: the event
+   * thread must never hand the driver a destroyed pool (TSan caught it reading one freed by the fake). */
+  int gpu = -1;
+  pthread_mutex_lock(&refresh_lock);
+  pthread_mutex_lock(&pool_lock);
+  for (int i = 0; i < MAX_POOLS; i++)
+    if (pools[i].pool == pool) {
+      gpu = pools[i].gpu;
+      pools[i].pool = NULL;
+    }
+  pthread_mutex_unlock(&pool_lock);
+  pthread_mutex_unlock(&refresh_lock);
   CUresult r = GVM_REAL(cuMemPoolDestroy, pool);
+  if (r != CUDA_SUCCESS && gpu >= 0) pool_track(pool, gpu); /* still there: measure it again */
   if (r == CUDA_SUCCESS) {
-    pthread_mutex_lock(&pool_lock);
-    for (int i = 0; i < MAX_POOLS; i++)
-      if (pools[i].pool == pool) pools[i].pool = NULL;
-    pthread_mutex_unlock(&pool_lock);
     for (int g = 0; g < GVM_MAX_GPUS; g++) atomic_store(&gvm_gpus[g].pool_bytes, 0);
     gvm_pools_refresh();
     for (int g = 0; g < GVM_MAX_GPUS; g++) gvm_publish_memory(g);
