@@ -94,9 +94,12 @@ t.test('a burst holds the best-effort process; the end of it releases the proces
   t.ok(lgpu.policy.events.some((e) => e.kind === 'idle'), 'the latency process logged idle');
   t.ok((await rmCount(best, RM_DISABLE_CHANNELS)) > launched, 'channels enabled again (a second disable-channels control)');
 
-  // a second burst: held again, counted
+  // a second burst: held again, counted (the GPU held meanwhile, so its two launches are one burst:
+  // kernels that end at once could let the event thread see idle between them on a loaded machine)
+  latency.send('hold');
   latency.send('launch 2');
   await until(() => lgpu.policy.bursts === bursts0 + 2, 2000);
+  latency.send('release');
   await until(() => !bgpu.policy.held, 3000);
   t.equal(lgpu.policy.bursts, bursts0 + 2, 'second burst published');
 
