@@ -24,7 +24,7 @@ export interface BlockEntry {
 }
 
 export type BlockJudgement =
-  | { state: 'live'; pid: number } // pid: the process's pid in this namespace
+  | { state: 'live'; pid: number; startTime: number } // its pid and /proc start time as seen here
   | { state: 'stale' } // its process is gone: the file may be removed
   | { state: 'elsewhere' }; // live, or not knowable, in a namespace we cannot see
 
@@ -60,8 +60,10 @@ export function judgeBlock(entry: BlockEntry, handle: NativeControlBlock): Block
   const locked = h.versionMinor >= 3 && (h.flags & FLAG_OWNER_LOCK) !== 0;
   const held = locked ? a.ownerLockHeld(entry.file) : null;
   if (held === false) return { state: 'stale' };
-  const pid = a.pidHere(entry.nspid, entry.ns, h.startTime);
-  if (pid > 0) return { state: 'live', pid };
+  const pid = a.pidHere(entry.nspid, entry.ns, h.startTime, held === true);
+  // the start time as /proc shows it here: the block's own differs for a process in another time namespace
+  const startTime = pid > 0 ? a.processStartTime(pid) : null;
+  if (pid > 0 && startTime !== null) return { state: 'live', pid, startTime };
   if (held === true) return { state: 'elsewhere' };
   // no lock to ask: only a block of our own namespace can be judged by its pid
   return ours(entry.ns) ? { state: 'stale' } : { state: 'elsewhere' };

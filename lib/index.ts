@@ -427,12 +427,17 @@ export class GvmProcess implements Disposable {
   readonly #gpus = new Map<number, GvmGpu>();
   readonly #gpuOrder: readonly string[];
   readonly #pid: number | undefined;
+  readonly #startTime: number | undefined;
 
-  /** @internal pid: the process's pid here, when its block names it in another PID namespace */
-  constructor(handle: NativeControlBlock, gpuOrder: readonly string[], pid?: number) {
+  /**
+   * @internal here: the process's pid and /proc start time as seen from this process (they differ from
+   * what its block records when it runs in another PID or time namespace)
+   */
+  constructor(handle: NativeControlBlock, gpuOrder: readonly string[], here?: { pid: number; startTime: number }) {
     this.#handle = handle;
     this.#gpuOrder = gpuOrder;
-    this.#pid = pid;
+    this.#pid = here?.pid;
+    this.#startTime = here?.startTime;
   }
 
   /** @internal */
@@ -493,8 +498,10 @@ export class GvmProcess implements Disposable {
   }
 
   /** /proc/<pid>/stat field 22: clock ticks after boot. */
+  /** /proc/<pid>/stat field 22 as this process reads it (clock ticks after boot). */
   get startTime(): number {
-    return this.#handle.header().startTime;
+    const header = this.#handle.header();
+    return this.#startTime ?? header.startTime;
   }
 
   get createdAt(): Date {
@@ -730,7 +737,7 @@ export class Gvm {
         if (seen.state === 'stale') await removeStale(entry.file);
         continue;
       }
-      out.push(new GvmProcess(handle, gpuOrder, seen.pid));
+      out.push(new GvmProcess(handle, gpuOrder, seen));
     }
     return out.sort((a, b) => a.pid - b.pid);
   }
@@ -768,6 +775,6 @@ export class Gvm {
       await removeStale(file);
       throw new GvmError(`no gvm process ${pid} (its control block was stale and has been removed)`, 'EGVM_NOT_FOUND');
     }
-    return new GvmProcess(handle, machineGpuOrder(), pid);
+    return new GvmProcess(handle, machineGpuOrder(), seen);
   }
 }

@@ -143,8 +143,11 @@ export interface NativeAddon {
   blockName(pid: number): string | null;
   /** A directory entry as a block name, or null. ns is 0 for a plain "<pid>". */
   parseBlockName(name: string): { pid: number; ns: number } | null;
-  /** The pid here of the process of block (nspid, ns) with that start time; 0 when not visible here. */
-  pidHere(nspid: number, ns: number, startTime: number): number;
+  /**
+   * The pid here of the process of block (nspid, ns) with that start time; 0 when not visible here.
+   * ownerAlive: its owner lock is held, so pid and namespace identify it whatever its start time reads.
+   */
+  pidHere(nspid: number, ns: number, startTime: number, ownerAlive: boolean): number;
   /** Whether a block's owner lock is held (its process runs); null when it cannot be tested. */
   ownerLockHeld(file: string): boolean | null;
 }

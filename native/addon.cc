@@ -267,14 +267,17 @@ static Napi::Value ParseBlockNameFn(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// pidHere(nspid, ns, startTime): the pid here of a block's process, 0 when it is not visible here.
+// pidHere(nspid, ns, startTime, ownerAlive): the pid here of a block's process, 0 when it is not
+// visible here (block_owner.h).
 static Napi::Value PidHereFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t nspid = ArgU32(info, 0, "pidHere", "nspid", INT32_MAX);
-  if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsNumber()) Throw(env, kInvalid, "pidHere: ns and startTime must be numbers");
+  if (info.Length() < 4 || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsBoolean())
+    Throw(env, kInvalid, "pidHere: ns and startTime must be numbers, ownerAlive a boolean");
   double ns = info[1].As<Napi::Number>().DoubleValue(), start = info[2].As<Napi::Number>().DoubleValue();
   if (!(ns >= 0) || !(start >= 0)) Throw(env, kInvalid, "pidHere: ns and startTime must not be negative");
-  return Napi::Number::New(env, PidHere(static_cast<int>(nspid), static_cast<uint64_t>(ns), static_cast<uint64_t>(start)));
+  return Napi::Number::New(env, PidHere(static_cast<int>(nspid), static_cast<uint64_t>(ns), static_cast<uint64_t>(start),
+                                        info[3].As<Napi::Boolean>().Value()));
 }
 
 // ownerLockHeld(file): true/false whether the owner lock on byte 0 is held; null when it cannot be

@@ -147,17 +147,27 @@ void ScanNested() {
 
 }  // namespace
 
-int PidHere(int nspid, uint64_t ns, uint64_t startTime) {
+int PidHere(int nspid, uint64_t ns, uint64_t startTime, bool ownerAlive) {
   uint64_t self = SelfPidNs();
   if (ns == 0) ns = GVM_INIT_PID_NS;
-  if (ns == self || (self == 0 && ns == GVM_INIT_PID_NS)) return StartTime(nspid) == startTime ? nspid : 0;
+  // With its owner lock held the block's process is alive, and a live pid is unique in its namespace:
+  // the pid (and the namespace, where readable) identify it. The start time is only needed without
+  // the lock (it also differs when the process runs in another time namespace: /proc shifts it by the
+  // reader's boot-time offset).
+  if (ns == self || (self == 0 && ns == GVM_INIT_PID_NS)) {
+    uint64_t start = StartTime(nspid);
+    return start != 0 && (ownerAlive || start == startTime) ? nspid : 0;
+  }
   std::lock_guard<std::mutex> guard(g_nestedLock);
   auto find = [&]() {
     for (const Nested& n : g_nested) {
-      if (n.nspid != nspid || n.start != startTime) continue;
+      if (n.nspid != nspid) continue;
       uint64_t its = NsOf(n.here);
-      if (its != 0 && its != ns) continue;  // unreadable (another user's): the start time decided
-      if (StartTime(n.here) != startTime) continue;  // exited since the scan (its pid may be reused)
+      if (its != 0 && its != ns) continue;
+      const bool byNamespace = ownerAlive && its == ns;
+      if (!byNamespace && n.start != startTime) continue;  // unreadable namespace: the start time decides
+      uint64_t now = StartTime(n.here);
+      if (now == 0 || now != n.start) continue;  // exited since the scan (its pid may be reused)
       return n.here;
     }
     return 0;

@@ -25,8 +25,9 @@ bool ParseBlockName(const char* name, int* pid, uint64_t* ns);
 std::string BlockNameFor(int pid);
 
 // The pid, in this namespace, of the process whose block is named (nspid, ns) and records start
-// time `startTime`; 0 when no such process is visible from here.
-int PidHere(int nspid, uint64_t ns, uint64_t startTime);
+// time `startTime`; 0 when no such process is visible from here. ownerAlive: the block's owner lock
+// is held (its process lives), so its pid and namespace identify it whatever its start time reads.
+int PidHere(int nspid, uint64_t ns, uint64_t startTime, bool ownerAlive);
 
 // 1: the owner lock on byte 0 of the block file `fd` is held (its process runs); 0: it is not;
 // -1: the lock cannot be tested.

@@ -66,9 +66,10 @@ BlockRef Load(int pid) {
   bool locked = b->cb->version_minor >= 3 && (GVM_LOAD(&b->cb->flags) & GVM_CB_FLAG_OWNER_LOCK);
   int held = locked ? OwnerLockHeld(fd) : -1;
   close(fd);
-  // a dead process, or another one that got its pid, has no files
+  // a dead process, or another one that got its pid, has no files; a held owner lock proves it lives
+  // (its start time reads differently from another time namespace)
   if (GVM_LOAD(&b->cb->magic) != GVM_CB_MAGIC || b->cb->version_major != GVM_CB_VERSION_MAJOR ||
-      b->cb->pid != nspid || b->startTime == 0 || b->cb->start_time != b->startTime || held == 0)
+      b->cb->pid != nspid || b->startTime == 0 || held == 0 || (held != 1 && b->cb->start_time != b->startTime))
     return nullptr;
   return b;
 }
@@ -85,10 +86,13 @@ int PidOfEntry(const char* name) {
   if ((ns == 0 && host) || ns == self) return nspid;  // the name is the pid; Load checks the rest
   int fd = open((g_shmDir + "/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return 0;
-  uint64_t start = 0;
-  ssize_t n = pread(fd, &start, sizeof start, offsetof(struct gvm_control_block, start_time));
+  struct gvm_control_block head;  // the fields before the name: pread, not a mapping (it may shrink)
+  const size_t want = offsetof(struct gvm_control_block, agent_version);
+  bool ok = pread(fd, &head, want, 0) == static_cast<ssize_t>(want);
+  const bool locked = ok && head.version_minor >= 3 && (head.flags & GVM_CB_FLAG_OWNER_LOCK);
+  const bool alive = locked && OwnerLockHeld(fd) == 1;
   close(fd);
-  return n == static_cast<ssize_t>(sizeof start) ? PidHere(nspid, ns, start) : 0;
+  return ok ? PidHere(nspid, ns, head.start_time, alive) : 0;
 }
 
 // A PCI bus id in one spelling ("0000:41:00.0" for "00000000:41:00.0", "0000:4A:00.0" or "41:00.0"),

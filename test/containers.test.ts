@@ -28,11 +28,11 @@ function namespacesWork(): string | null {
  * A fake program in a new PID namespace, as its PID 1, or (later=true) under a shell that is PID 1,
  * after a hundred short-lived processes, so its pid is above 100; hostPid() is its pid on the host.
  */
-function startInNamespace(t: Tap.Test, shm: string, scenario: string, env: NodeJS.ProcessEnv, later = false) {
+function startInNamespace(t: Tap.Test, shm: string, scenario: string, env: NodeJS.ProcessEnv, later = false, unshareArgs: string[] = []) {
   // a background job's stdin would be /dev/null: hand it the shell's own through fd 3
   const script = `i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done; exec 3<&0; "$0" ${scenario} <&3 & wait`;
   const cmd = later ? ['sh', '-c', script, PROG] : [PROG, ...scenario.split(' ')];
-  const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', ...cmd], {
+  const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', ...unshareArgs, ...cmd], {
     env: fakeEnv(shm, env),
     stdio: ['pipe', 'pipe', 'pipe'],
   });
@@ -159,6 +159,31 @@ else {
     });
     t.equal(r.status, 0, `${r.stdout}${r.stderr}`);
     t.match(r.stdout, /^ok +every buffer held its pattern/m, 'it changed its own limit throughout and kept every byte');
+  });
+
+  t.test('a container with its own time namespace (its /proc start times shifted) is still found by its lock', async (t) => {
+    const probe = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--time', '--boottime', '100000', 'true']);
+    if (probe.status !== 0) {
+      t.skip('unshare --time is refused here');
+      return;
+    }
+    const shm = tmpShm(t);
+    const c = startInNamespace(t, shm, 'basic', { GVM_RM_ANY_DRIVER: '1', FAKE_CUDA_DEVICES: '1' }, false, ['--time', '--boottime', '100000']);
+    await c.prog.line('READY');
+    const host = c.hostPid();
+    const block = fs.readdirSync(shm).find((n) => n.startsWith('1@'))!;
+    using raw = await Gvm.process(host, { shmDir: shm });
+    const recorded = raw._handle().header().startTime;
+    const here = Number(fs.readFileSync(`/proc/${host}/stat`, 'utf8').split(') ')[1]!.split(' ')[19]);
+    t.not(recorded, here, `the block's start time (${recorded}) is not the host's view (${here})`);
+    t.equal(raw.pid, host, 'yet the host finds it by its host pid (its owner lock proves it lives)');
+    t.equal(raw.startTime, here, 'and reports the start time as the host sees it');
+    const procs = await Gvm.processes({ shmDir: shm });
+    t.same(procs.map((p) => p.pid), [host], 'listed');
+    procs.forEach((p) => p.close());
+    await raw.gpu(0).setPriority(12);
+    t.equal(raw.gpu(0).compute.priority, 12, 'and steered');
+    t.ok(fs.existsSync(path.join(shm, block)), 'its block was never taken for stale');
   });
 
   t.test('the automatic policy across containers: a burst in one holds the other; its death releases it', async (t) => {
