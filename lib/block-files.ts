@@ -46,10 +46,15 @@ export function blockEntryFor(dir: string, pid: number): BlockEntry {
   return { file: path.join(dir, name), nspid: parsed.pid, ns: parsed.ns };
 }
 
-/** Whether the namespace a block name points at is this process's own. */
-function ours(ns: number): boolean {
+/** Whether this process runs in the host's (initial) PID namespace; also when it cannot tell. */
+export function inHostPidNamespace(): boolean {
   const self = native().pidNamespace();
-  return (ns === 0 ? INIT_PID_NS : ns) === (self === 0 ? INIT_PID_NS : self);
+  return self === 0 || self === INIT_PID_NS;
+}
+
+/** Whether the namespace a block name points at (0: the host's) is this process's own. */
+function ours(ns: number): boolean {
+  return ns === 0 ? inHostPidNamespace() : ns === native().pidNamespace();
 }
 
 /** Is the block's process alive, and what is its pid here? */

@@ -8,9 +8,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { INIT_PID_NS } from './block-files';
+import { inHostPidNamespace } from './block-files';
 import { Gvm } from './index';
-import { native, nativeFuse } from './native';
+import { controlBlockBytes, native, nativeFuse } from './native';
 import { agentPath, nvidiaGpusDir, shmDir, shmProblem } from './paths';
 
 export type CheckStatus = 'ok' | 'info' | 'warn' | 'fail';
@@ -143,8 +143,8 @@ function checkBlocks(bytes: number): Check[] {
 }
 
 function checkNamespace(): Check {
+  if (inHostPidNamespace()) return { name: 'namespace', status: 'ok', detail: "the host's PID namespace" };
   const ns = native().pidNamespace();
-  if (ns === 0 || ns === INIT_PID_NS) return { name: 'namespace', status: 'ok', detail: "the host's PID namespace" };
   return {
     name: 'namespace',
     status: 'info',
@@ -194,9 +194,7 @@ function checkUser(): Check {
 export async function diagnose(): Promise<Check[]> {
   const out: Check[] = [checkAgent(), checkAddon(), checkDriver(), checkGpus(), checkLibcuda()];
   const addonLoads = out[1]!.status === 'ok';
-  let bytes = 4096;
-  if (addonLoads) bytes = native().layout().controlBlock?.sizeof ?? bytes;
-  out.push(...checkBlocks(bytes));
+  out.push(...checkBlocks(controlBlockBytes()));
   if (addonLoads) out.push(checkNamespace());
   out.push(checkMps(), checkFuse());
   if (addonLoads) out.push(await checkBackend());

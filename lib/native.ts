@@ -235,3 +235,12 @@ export function native(): NativeAddon {
   addon = loaded;
   return addon;
 }
+
+/** A control block's size; a page when the addon cannot say (gvm run and doctor work without it). */
+export function controlBlockBytes(): number {
+  try {
+    return native().layout().controlBlock?.sizeof ?? 4096;
+  } catch {
+    return 4096;
+  }
+}

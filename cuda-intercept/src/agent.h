@@ -9,6 +9,7 @@
 #include <cudaTypedefs.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/types.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/syscall.h>
@@ -260,6 +261,11 @@ GVM_HIDDEN uint64_t gvm_streams_submitted(int gpu);
 GVM_HIDDEN struct gvm_control_block *gvm_block_create(void);
 GVM_HIDDEN void gvm_block_remove(void);
 GVM_HIDDEN void gvm_block_forget(void); /* fork child: drop the parent's mapping without removing it */
+/* ---- owner locks (owner_lock.c): liveness any namespace can test ---- */
+GVM_HIDDEN int gvm_owner_lock(int fd, off_t at, bool lock); /* 0, or the errno of the failed lock/unlock */
+GVM_HIDDEN int gvm_owner_alive(int fd, off_t at);           /* 1 held, 0 not held, -1 cannot tell */
+GVM_HIDDEN void gvm_fork_window_enter(void); /* from opening a locked file until fd and mapping are recorded */
+GVM_HIDDEN void gvm_fork_window_leave(void);
 GVM_HIDDEN void gvm_apply_command(struct gvm_command *cmd);
 GVM_HIDDEN int gvm_monitor_start(void);
 GVM_HIDDEN void gvm_monitor_stop(void);

@@ -4,7 +4,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -23,14 +22,6 @@ static char block_path[320];
 static pid_t block_owner;
 static int block_fd = -1; /* holds the owner lock (GVM_CB_FLAG_OWNER_LOCK) for the process's life */
 static void *block_map;   /* our mapping of it: a reference to the same open file, so to the lock */
-
-/* Held from the open of the block file until block_fd and block_map record what refers to it; fork()
- * takes it first. A child forked in between would keep an unrecorded descriptor or mapping of the
- * open file that carries our owner lock, and with it the lock after we die: a dead block kept. */
-static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
-static void fd_lock_take(void) { pthread_mutex_lock(&fd_lock); }
-static void fd_lock_give(void) { pthread_mutex_unlock(&fd_lock); }
-__attribute__((constructor)) static void gvm_block_load(void) { pthread_atfork(fd_lock_take, fd_lock_give, fd_lock_give); }
 
 /* The inode of our PID namespace (what readlink /proc/self/ns/pid shows); 0 if unknown. */
 static uint64_t self_pid_ns(void) {
@@ -107,10 +98,10 @@ struct gvm_control_block *gvm_block_create(void) {
     return NULL;
   }
   unlink(tmp); /* a leftover of an earlier process with our pid and uid; fails harmlessly otherwise */
-  fd_lock_take();
+  gvm_fork_window_enter();
   int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
-    fd_lock_give();
+    gvm_fork_window_leave();
     gvm_log(GVM_LOG_WARN, "cannot create %s: %s; " UNCONTROLLED, tmp, strerror(errno));
     return NULL;
   }
@@ -120,7 +111,7 @@ struct gvm_control_block *gvm_block_create(void) {
   if (err != 0 && ftruncate(fd, (off_t)size) == 0 && err != ENOSPC) err = 0; /* fs without fallocate */
   if (err != 0) {
     close(fd);
-    fd_lock_give();
+    gvm_fork_window_leave();
     gvm_log(GVM_LOG_WARN, "cannot size %s: %s; " UNCONTROLLED, tmp, strerror(err));
     unlink(tmp);
     return NULL;
@@ -129,23 +120,22 @@ struct gvm_control_block *gvm_block_create(void) {
   if (cb == MAP_FAILED) {
     int e = errno;
     close(fd);
-    fd_lock_give();
+    gvm_fork_window_leave();
     gvm_log(GVM_LOG_WARN, "cannot map %s: %s; " UNCONTROLLED, tmp, strerror(e));
     unlink(tmp);
     return NULL;
   }
   /* Liveness that holds across PID namespaces and pid reuse: the kernel drops this lock when the
    * process dies, however it dies, and a reader in any container can test it (F_OFD_GETLK). */
-  struct flock owner = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
   block_map = cb;
-  if (fcntl(fd, F_OFD_SETLK, &owner) == 0) {
+  int e = gvm_owner_lock(fd, 0, true);
+  if (e == 0) {
     cb->flags |= GVM_CB_FLAG_OWNER_LOCK;
     block_fd = fd;
-    fd_lock_give();
+    gvm_fork_window_leave();
   } else {
-    int e = errno;
     close(fd);
-    fd_lock_give();
+    gvm_fork_window_leave();
     gvm_log(GVM_LOG_INFO, "no owner lock on %s (%s): readers judge liveness by pid", tmp, strerror(e));
   }
   cb->version_major = GVM_CB_VERSION_MAJOR;
@@ -166,12 +156,12 @@ struct gvm_control_block *gvm_block_create(void) {
   GVM_STORE(&cb->magic, GVM_CB_MAGIC);
   if (rename(tmp, block_path) != 0) {
     gvm_log(GVM_LOG_WARN, "cannot publish %s: %s; " UNCONTROLLED, block_path, strerror(errno));
-    fd_lock_take();
+    gvm_fork_window_enter();
     munmap(cb, size);
     block_map = NULL;
     if (block_fd >= 0) close(block_fd);
     block_fd = -1;
-    fd_lock_give();
+    gvm_fork_window_leave();
     unlink(tmp);
     return NULL;
   }

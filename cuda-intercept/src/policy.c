@@ -70,12 +70,6 @@ static void note_event(int gpu, uint32_t kind, int32_t pid, uint64_t value) {
 /* ---- boards ---- */
 /* Our fd of each board file: it holds the OFD lock on our slot's first byte while we live. */
 static int board_fds[GVM_MAX_GPUS] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
-/* Held from a board's open until board_fds and boards record its fd and mapping (both refer to the
- * open file that carries our slot lock); fork() takes it first. See block.c fd_lock. */
-static pthread_mutex_t board_fd_lock = PTHREAD_MUTEX_INITIALIZER;
-static void board_fd_take(void) { pthread_mutex_lock(&board_fd_lock); }
-static void board_fd_give(void) { pthread_mutex_unlock(&board_fd_lock); }
-__attribute__((constructor)) static void gvm_board_load(void) { pthread_atfork(board_fd_take, board_fd_give, board_fd_give); }
 
 static struct gvm_board *board_open(int gpu) {
   const uint8_t *u = gvm_block->gpu[gpu].uuid;
@@ -89,10 +83,10 @@ static struct gvm_board *board_open(int gpu) {
   for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < sizeof path; i++) n += snprintf(path + n, sizeof path - (size_t)n, "%02x", u[i]);
   if (n <= 0 || (size_t)n + 8 >= sizeof path) return NULL;
   snprintf(path + n, sizeof path - (size_t)n, ".board");
-  board_fd_take();
+  gvm_fork_window_enter();
   int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0660);
   if (fd < 0) {
-    board_fd_give();
+    gvm_fork_window_leave();
     GVM_LOG_ONCE(GVM_LOG_WARN, "cannot open the policy board %s: %s; no automatic policy", path, strerror(errno));
     return NULL;
   }
@@ -100,7 +94,7 @@ static struct gvm_board *board_open(int gpu) {
   size_t size = sizeof(struct gvm_board);
   if (fstat(fd, &st) != 0) {
     close(fd);
-    board_fd_give();
+    gvm_fork_window_leave();
     return NULL;
   }
   if ((size_t)st.st_size < size) {
@@ -110,7 +104,7 @@ static struct gvm_board *board_open(int gpu) {
     else err = 0;
     if (err) {
       close(fd);
-      board_fd_give();
+      gvm_fork_window_leave();
       GVM_LOG_ONCE(GVM_LOG_WARN, "cannot size the policy board %s: %s", path, strerror(err));
       return NULL;
     }
@@ -118,12 +112,12 @@ static struct gvm_board *board_open(int gpu) {
   struct gvm_board *b = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (b == MAP_FAILED) {
     close(fd);
-    board_fd_give();
+    gvm_fork_window_leave();
     return NULL;
   }
   board_fds[gpu] = fd; /* kept: our slot's lock lives on it */
   boards[gpu] = b;     /* recorded now: a fork child unmaps it (gvm_policy_reset) */
-  board_fd_give();
+  gvm_fork_window_leave();
   uint32_t magic = 0;
   /* the first opener stamps the header; racing openers write the same values */
   if (GVM_LOAD(&b->magic) == 0) {
@@ -137,12 +131,12 @@ static struct gvm_board *board_open(int gpu) {
   }
   if (GVM_LOAD(&b->magic) != GVM_BOARD_MAGIC || b->version_major != GVM_BOARD_VERSION_MAJOR) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "policy board %s has another layout; no automatic policy on GPU %d", path, gpu);
-    board_fd_take();
+    gvm_fork_window_enter();
     munmap(b, size);
     close(fd);
     board_fds[gpu] = -1;
     boards[gpu] = NULL;
-    board_fd_give();
+    gvm_fork_window_leave();
     return NULL;
   }
   return b;
@@ -152,20 +146,13 @@ static bool pid_alive(int32_t pid) { return pid > 0 && (kill(pid, 0) == 0 || err
 
 static off_t slot_offset(int i) { return (off_t)(offsetof(struct gvm_board, slot) + (size_t)i * sizeof(struct gvm_board_slot)); }
 
-/* Whether slot i's owner still runs, by its lock (any PID namespace); -1 when the lock cannot tell. */
-static int slot_owner_alive(int fd, int i) {
-  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot_offset(i), .l_len = 1};
-  if (fd < 0 || fcntl(fd, F_OFD_GETLK, &l) != 0) return -1;
-  return l.l_type != F_UNLCK;
-}
-
 /* A slot of a dead process: clear it so nobody waits on its busy flag or counts its memory. */
 static bool reap_slot(struct gvm_board *b, int gpu, int i) {
   struct gvm_board_slot *s = &b->slot[i];
   int32_t pid = GVM_LOAD(&s->pid);
   if (pid == 0) return false;
   /* a locked slot is judged by its lock alone: its pid may belong to another container */
-  int alive = GVM_LOAD(&s->locked) ? slot_owner_alive(board_fds[gpu], i) : -1;
+  int alive = GVM_LOAD(&s->locked) ? gvm_owner_alive(board_fds[gpu], slot_offset(i)) : -1;
   if (alive == 1 || (alive < 0 && pid_alive(pid))) return false;
   GVM_STORE(&s->busy, 0u);
   GVM_STORE(&s->memory_need, 0ull);
@@ -181,15 +168,13 @@ static int claim_slot(struct gvm_board *b, int gpu) {
     if (GVM_LOAD(&s->pid) != 0) continue;
     /* The lock before the pid: once our pid is in the slot a peer may judge it, and a slot reaped
      * after a SIGKILL still says locked=1; an unheld lock then would read as a dead owner. */
-    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot_offset(i), .l_len = 1};
-    bool locked = board_fds[gpu] >= 0 && fcntl(board_fds[gpu], F_OFD_SETLK, &l) == 0;
-    if (!locked && (errno == EAGAIN || errno == EACCES)) continue; /* another process is claiming it */
-    if (!locked) GVM_LOG_ONCE(GVM_LOG_INFO, "cannot lock a policy board slot (%s): peers judge it by its pid", strerror(errno));
-    GVM_STORE(&s->locked, locked ? 1u : 0u);
+    int e = gvm_owner_lock(board_fds[gpu], slot_offset(i), true);
+    if (e == EAGAIN || e == EACCES) continue; /* another process is claiming it */
+    if (e) GVM_LOG_ONCE(GVM_LOG_INFO, "cannot lock a policy board slot (%s): peers judge it by its pid", strerror(e));
+    GVM_STORE(&s->locked, e == 0 ? 1u : 0u);
     int32_t expected = 0;
     if (!__atomic_compare_exchange_n(&s->pid, &expected, me, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-      l.l_type = F_UNLCK;
-      if (locked) fcntl(board_fds[gpu], F_OFD_SETLK, &l);
+      if (e == 0) gvm_owner_lock(board_fds[gpu], slot_offset(i), false);
       continue;
     }
     struct gvm_gpu_block *g = &gvm_block->gpu[gpu];
@@ -523,8 +508,7 @@ void gvm_policy_stop(void) {
     GVM_STORE(&s->locked, 0u);
     GVM_STORE(&s->pid, 0);
     board_changed(boards[g]);
-    struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = slot_offset(slots[g]), .l_len = 1};
-    if (board_fds[g] >= 0) fcntl(board_fds[g], F_OFD_SETLK, &l);
+    gvm_owner_lock(board_fds[g], slot_offset(slots[g]), false);
   }
 }
 

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 
 import { GvmError } from '../errors';
 import { POLICY_CLASSES } from '../index';
-import { native } from '../native';
+import { controlBlockBytes } from '../native';
 import { agentPath, shmDir, shmProblem } from '../paths';
 import { parseBytes } from '../units';
 import { isHelp, optionValue, out, USAGE, UsageError } from './common';
@@ -119,13 +119,4 @@ export async function cmdRun(args: string[]): Promise<number> {
       else done(code ?? 0);
     });
   });
-}
-
-/** A control block's size; a page when the addon cannot say (gvm run needs only the agent). */
-function controlBlockBytes(): number {
-  try {
-    return native().layout().controlBlock?.sizeof ?? 4096;
-  } catch {
-    return 4096;
-  }
 }

@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { isGvmError } from '../errors';
-import { INIT_PID_NS } from '../block-files';
+import { inHostPidNamespace } from '../block-files';
 import { Gvm, GvmCommandResult, GvmGpu, GvmProcess } from '../index';
 import { native } from '../native';
 import { loadPolicy, permissionWarning, Policy } from './policy-file';
@@ -496,8 +496,8 @@ async function blockNames(dir: string): Promise<Map<string, number>> {
   } catch {
     return out;
   }
+  const host = inHostPidNamespace();
   const self = native().pidNamespace();
-  const host = self === 0 || self === INIT_PID_NS;
   for (const name of entries) {
     const b = native().parseBlockName(name);
     if (b !== null && (host || b.ns === self)) out.set(name, b.pid);
