@@ -412,6 +412,12 @@ void gvm_compute_resume(int gpu) {
 }
 
 /* ---- objects libcuda creates later inherit the GPU's settings (called outside the RM lock) ---- */
+
+/* Channels of this GPU must not run: the user froze it through the RM path, or the policy holds it. */
+static bool new_channels_stopped(int gpu, int held) {
+  return (GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) || held == 1;
+}
+
 void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass, uint32_t handle) {
   if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS) return;
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
@@ -426,11 +432,18 @@ void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uin
     uint32_t st = set_timeslice(&t, handle, timeslice_for(prio), &got);
     if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "new TSG %#x kept the default timeslice: RM status %#x", handle, st);
     else gvm_rm_note_timeslice(client, handle, got);
-  } else if (((GVM_LOAD(&b->frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) || held == 1) &&
-             subdevice) {
+  } else if (new_channels_stopped(gpu, held) && subdevice) {
     uint32_t st = disable_channels(fd, client, subdevice, &handle, 1, true);
     if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channel %#x created while frozen could not be disabled: %#x", handle, st);
   }
+}
+
+void gvm_compute_tsg_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans, uint32_t n) {
+  if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS || n == 0 || !subdevice) return;
+  if (!new_channels_stopped(gpu, policy_hold[gpu]) || !driver_verified()) return;
+  uint32_t st = disable_channels(fd, client, subdevice, chans, n, true);
+  if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channels of a TSG scheduled while frozen could not be disabled: %#x", st);
+  else GVM_LOG_ONCE(GVM_LOG_INFO, "a TSG scheduled while frozen: its %u channels disabled again", n);
 }
 
 /*

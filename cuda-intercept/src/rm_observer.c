@@ -252,6 +252,37 @@ static void trace(int fd, unsigned nr, unsigned size, const void *arg, int ret, 
 }
 
 /* ---- the observer ---- */
+
+/* The subdevice of the client's device that is `tsg`'s parent, where channel controls go. Under rm_lock. */
+static uint32_t subdevice_of_tsg(const struct rm_object *tsg) {
+  for (int i = 0; tsg && i < MAX_OBJECTS; i++)
+    if (objects[i].used && objects[i].klass == RM_CLASS_SUBDEVICE && objects[i].client == tsg->client &&
+        objects[i].parent == tsg->parent)
+      return objects[i].handle;
+  return 0;
+}
+
+/*
+ * libcuda schedules a TSG once it has made its channels. On the H100 that enabled channels the agent
+ * had just disabled because the GPU was frozen (a PyTorch process frozen before its first context ran
+ * 78 iterations), so the settings in force are applied again to the TSG's channels after it.
+ */
+static void tsg_scheduled(int fd, uint32_t client, uint32_t tsg_handle) {
+  uint32_t chans[GVM_MAX_CHANNELS];
+  uint32_t n = 0, subdevice = 0;
+  int gpu = -1;
+  pthread_mutex_lock(&rm_lock);
+  const struct rm_object *tsg = lookup(client, tsg_handle);
+  if (tsg && tsg->klass == RM_CLASS_TSG) {
+    gpu = tsg->gpu;
+    subdevice = subdevice_of_tsg(tsg);
+    for (int i = 0; i < MAX_OBJECTS && n < GVM_MAX_CHANNELS; i++)
+      if (objects[i].used && objects[i].client == client && objects[i].parent == tsg_handle && is_channel(objects[i].klass))
+        chans[n++] = objects[i].handle;
+  }
+  pthread_mutex_unlock(&rm_lock);
+  if (gpu >= 0) gvm_compute_tsg_scheduled(gpu, fd, client, subdevice, chans, n);
+}
 static uint32_t alloc_params_known(uint32_t klass) {
   if (klass == RM_CLASS_TSG) return 16;
   if (klass == RM_CLASS_DEVICE || klass == RM_CLASS_SUBDEVICE) return 4;
@@ -292,6 +323,10 @@ void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret
   if (ret != 0 || status != 0) return;
   int adopt_gpu = -1;
   uint32_t adopt_subdevice = 0;
+  if (nr == RM_ESC_CONTROL) {
+    if (w[2] == RM_CMD_TSG_SCHEDULE && params && psize >= 1 && params[0] == 1) tsg_scheduled(fd, w[0], w[1]);
+    return;
+  }
   pthread_mutex_lock(&rm_lock);
   if (nr == RM_ESC_ALLOC) {
     record_alloc(fd, w[0], w[1], w[2], w[3], params, psize);
@@ -299,17 +334,13 @@ void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret
     if (o && (o->klass == RM_CLASS_TSG || is_channel(o->klass))) {
       adopt_gpu = o->gpu;
       /* a channel's subdevice: same client, child of the device that is the TSG's parent */
-      const struct rm_object *tsg = o->klass == RM_CLASS_TSG ? o : lookup(w[0], o->parent);
-      for (int i = 0; tsg && i < MAX_OBJECTS && !adopt_subdevice; i++)
-        if (objects[i].used && objects[i].klass == RM_CLASS_SUBDEVICE && objects[i].client == w[0] &&
-            objects[i].parent == tsg->parent)
-          adopt_subdevice = objects[i].handle;
+      adopt_subdevice = subdevice_of_tsg(o->klass == RM_CLASS_TSG ? o : lookup(w[0], o->parent));
     }
   } else if (nr == RM_ESC_FREE) {
     record_free(w[0], w[2]);
   }
   pthread_mutex_unlock(&rm_lock);
-  if (nr != RM_ESC_CONTROL) gvm_rm_publish_all();
+  gvm_rm_publish_all();
   /* settings in force reach objects created later (RM calls made outside our lock) */
   if (adopt_gpu >= 0) gvm_compute_adopt(adopt_gpu, fd, w[0], adopt_subdevice, w[3], w[2]);
 }

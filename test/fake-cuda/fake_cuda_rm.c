@@ -47,6 +47,13 @@ static void alloc64(uint32_t parent, uint32_t handle, uint32_t cls, void *params
     rm_ioctl(RM_NR_ALLOC, sizeof a, &a);
 }
 
+static void rm_control(uint32_t object, uint32_t cmd, void *params, uint32_t size)
+{
+    rm_nvos54_t c = {.hClient = RM_CLIENT_HANDLE, .hObject = object, .cmd = cmd,
+                     .params = (uint64_t)(uintptr_t)params, .paramsSize = size};
+    rm_ioctl(RM_NR_CONTROL, sizeof c, &c);
+}
+
 static void rm_free(uint32_t parent, uint32_t handle)
 {
     rm_nvos00_t f = {.hRoot = RM_CLIENT_HANDLE, .hObjectParent = parent, .hObjectOld = handle};
@@ -98,6 +105,9 @@ static uint32_t alloc_tsg(CUcontext c, uint32_t engine, int nchannels, uint32_t 
         if (channels)
             channels[i] = h;
     }
+    /* as libcuda does: the TSG is scheduled once its channels exist (which enables them) */
+    unsigned char schedule[3] = {1, 0, 0};
+    rm_control(htsg, RM_CMD_TSG_SCHEDULE, schedule, sizeof schedule);
     return htsg;
 }
 

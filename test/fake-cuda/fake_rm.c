@@ -334,6 +334,24 @@ static uint32_t tsg_control(rm_object_t *tsg, uint32_t cmd, void *params, uint32
     }
 }
 
+/* GPFIFO_SCHEDULE with bEnable: the TSG goes on its runlist with every channel enabled, as the real
+ * RM did on the H100 to channels disabled right after their creation. */
+static uint32_t tsg_schedule(rm_object_t *tsg, const void *params, uint32_t size, int *changed)
+{
+    if (tsg->cls != RM_CLASS_TSG)
+        return NV_ERR_NOT_SUPPORTED;
+    if (size != 3 || !params)
+        return NV_ERR_INVALID_ARGUMENT;
+    if (((const unsigned char *)params)[0] != 1)
+        return NV_OK;
+    for (size_t i = 0; i < g_object_count; i++)
+        if (g_objects[i].parent == tsg->handle && RM_IS_CHANNEL_CLASS(g_objects[i].cls) && g_objects[i].disabled) {
+            g_objects[i].disabled = 0;
+            *changed = 1;
+        }
+    return NV_OK;
+}
+
 static uint32_t do_control(const rm_nvos54_t *c, void *params, int *changed)
 {
     count_control(c->cmd);
@@ -352,6 +370,8 @@ static uint32_t do_control(const rm_nvos54_t *c, void *params, int *changed)
         return tsg_control(o, c->cmd, params, c->paramsSize);
     case RM_CMD_DISABLE_CHANNELS:
         return disable_channels(o, params, c->paramsSize, changed);
+    case RM_CMD_TSG_SCHEDULE:
+        return tsg_schedule(o, params, c->paramsSize, changed);
     default:
         return NV_ERR_NOT_SUPPORTED;
     }

@@ -32,13 +32,20 @@ if timeout 60 python3 -c "import torch; x=torch.ones(4096,4096,device='cuda'); p
 else bad "GPU unusable after kill -9 while frozen: $(cat "$tmp/after")"; fi
 $GVM ps --json > "$tmp/ps"; grep -q "\"pid\":$pid" "$tmp/ps" && bad "killed process still listed" || ok "killed process no longer listed"
 # 4. freeze before the first context
-LOOP_SECONDS=3 $GVM run -- python3 test/gpu/compute_loop.py "$tmp/p4" "$tmp/go4" --init-only-first > "$tmp/o4" 2>&1 &
+GVM_LOG=info GVM_RM_TRACE=$tmp/rm4.trace LOOP_SECONDS=3 $GVM run -- python3 test/gpu/compute_loop.py "$tmp/p4" "$tmp/go4" --init-only-first > "$tmp/o4" 2>&1 &
 for _ in $(seq 100); do grep -q '^PID' "$tmp/o4" 2>/dev/null && break; sleep 0.1; done
 pid4=$(awk '/^PID/{print $2}' "$tmp/o4")
-for _ in $(seq 50); do [ -e "/dev/shm/gvm/$pid4" ] && break; sleep 0.1; done
+for _ in $(seq 50); do $GVM get "$pid4" compute.freeze > /dev/null 2>&1 && break; sleep 0.1; done
 $GVM freeze "$pid4"
 touch "$tmp/go4"; sleep 4
-[ ! -s "$tmp/p4" ] && ok "frozen before its first context: no iteration in 4 s" || bad "iterations while frozen before the first context: $(iters "$tmp/p4")"
+if [ ! -s "$tmp/p4" ]; then ok "frozen before its first context: no iteration in 4 s"
+else
+  bad "iterations while frozen before the first context: $(iters "$tmp/p4")"
+  # what the agent saw: its log, the channels it knows now, and libcuda's RM objects and controls
+  grep -i 'gvm' "$tmp/o4" | head -20 | sed 's/^/     o4| /'
+  $GVM debug rm "$pid4" 2>&1 | head -30 | sed 's/^/     rm| /'
+  python3 test/gpu/rm_trace_summary.py "$tmp/rm4.trace" 2>&1 | head -40 | sed 's/^/     trace| /'
+fi
 $GVM thaw "$pid4"; wait
 grep -q '^DONE' "$tmp/o4" && ok "after thaw it ran to the end: $(grep DONE "$tmp/o4")" || { bad "did not finish after thaw"; tail -3 "$tmp/o4"; }
 ls /dev/shm/gvm/ | grep -v "^boards$" | grep -qv "^\." && bad "blocks left in /dev/shm/gvm: $(ls /dev/shm/gvm)" || ok "no control block left behind"

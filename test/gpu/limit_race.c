@@ -1,6 +1,7 @@
 /*
- * A limit set while the process allocates (issue 4): THREADS threads allocate (cuMemAlloc, 1-48 MiB),
- * fill, re-check and free buffers without pause while the main thread changes the process's own
+ * A limit set while the process allocates (issue 4): THREADS threads allocate (cuMemAlloc, 1 MiB up to
+ * a quarter of a thread's share of the working set), fill, re-check and free buffers without pause
+ * while the main thread changes the process's own
  * memory.limit every few milliseconds through its control block, between a quarter of the working set
  * and all of it. Run under the agent in either mode:
  *   oom:  an allocation succeeds or fails with CUDA_ERROR_OUT_OF_MEMORY, nothing else;
@@ -38,6 +39,7 @@ static bool swap_mode;
 static atomic_bool stop;
 static atomic_ulong allocs, refused, checks, bad, other_errors;
 static uint64_t per_thread_cap;
+static size_t max_alloc_mib; /* sized so SLOTS buffers can fill a thread's share of the working set */
 
 static double now_s(void) {
   struct timespec ts;
@@ -85,7 +87,7 @@ static void *worker(void *arg) {
       s->p = 0;
       continue;
     }
-    size_t bytes = (1 + next_rand(&seed) % 48) * MiB;
+    size_t bytes = (1 + next_rand(&seed) % max_alloc_mib) * MiB;
     if (held + bytes > per_thread_cap) continue;
     CUresult r = cuMemAlloc(&s->p, bytes);
     if (r == CUDA_ERROR_OUT_OF_MEMORY && !swap_mode) {
@@ -125,6 +127,11 @@ int main(int argc, char **argv) {
   double seconds = argc > 1 ? atof(argv[1]) : 10;
   uint64_t working = (uint64_t)(argc > 2 ? atoi(argv[2]) : 1024) * MiB;
   per_thread_cap = working / THREADS;
+  /* up to twice the mean share per slot: the threads together reach the working set, so the limit
+   * (between a quarter of it and all of it) is crossed; with fixed small buffers a large working set
+   * was never reached and oom mode had nothing to refuse */
+  max_alloc_mib = per_thread_cap * 2 / SLOTS / MiB;
+  if (max_alloc_mib < 1) max_alloc_mib = 1;
   CUdevice dev;
   if (cuInit(0) != CUDA_SUCCESS || cuDeviceGet(&dev, 0) != CUDA_SUCCESS ||
       cuDevicePrimaryCtxRetain(&ctx, dev) != CUDA_SUCCESS || cuCtxSetCurrent(ctx) != CUDA_SUCCESS) {
