@@ -38,6 +38,12 @@ static double now_us() {
 static gvm_self self;
 static gvm_control_block *cb;
 
+// the settings a run compared (printed into its JSON; an A/B's two files then say which is which)
+static const char *env_or_empty(const char *name) {
+  const char *v = getenv(name);
+  return v && strlen(v) < 32 && !strpbrk(v, "\"\\") ? v : "";
+}
+
 static int command(uint32_t key, uint64_t value, char *msg) {
   int st = gvm_self_command(&self, key, 0, value, 60000, msg, GVM_MESSAGE_MAX);
   if (st < 0) {
@@ -87,9 +93,11 @@ int main(int argc, char **argv) {
   }
 
   std::vector<double> freeze_us, thaw_us, cmd_freeze_us, cmd_thaw_us, rm_freeze_us, rm_thaw_us;
-  // the agent's answer ends with the RM controls' own time ("... in 0.45 ms"): delivery vs driver
+  // the agent's answer ends with the RM controls' own time ("... in 0.45 ms"): delivery vs driver.
+  // The last " in ": a freeze says how it stopped first ("disabled and preempted in one control").
   auto rm_time_us = [](const char *m, std::vector<double> &into) {
-    const char *at = strstr(m, " in ");
+    const char *at = nullptr;
+    for (const char *p = strstr(m, " in "); p; p = strstr(p + 1, " in ")) at = p;
     if (at) into.push_back(atof(at + 4) * 1e3);
   };
   *stop = 0;
@@ -166,11 +174,13 @@ int main(int argc, char **argv) {
       fprintf(f, "{\"cycles\":%d,\"freeze_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"thaw_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
                  "\"freeze_cmd_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"thaw_cmd_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
                  "\"rm_freeze_ms\":{\"p50\":%.4f,\"p99\":%.4f},\"rm_thaw_ms\":{\"p50\":%.4f,\"p99\":%.4f},"
-                 "\"zero_progress_violations\":%d,\"result_ok\":%s,\"mode\":%u}\n",
+                 "\"zero_progress_violations\":%d,\"result_ok\":%s,\"mode\":%u,"
+                 "\"env\":{\"GVM_RM_STOP\":\"%s\",\"GVM_RM_THAW\":\"%s\",\"GVM_COMMAND_SPIN_US\":\"%s\"}}\n",
               cycles, pct(freeze_us, .5) / 1e3, f99 / 1e3, pct(thaw_us, .5) / 1e3, t99 / 1e3, pct(cmd_freeze_us, .5) / 1e3,
               pct(cmd_freeze_us, .99) / 1e3, pct(cmd_thaw_us, .5) / 1e3, pct(cmd_thaw_us, .99) / 1e3,
               pct(rm_freeze_us, .5) / 1e3, pct(rm_freeze_us, .99) / 1e3, pct(rm_thaw_us, .5) / 1e3,
-              pct(rm_thaw_us, .99) / 1e3, zero_progress_violations, result_ok ? "true" : "false", cb->gpu[0].control_mode);
+              pct(rm_thaw_us, .99) / 1e3, zero_progress_violations, result_ok ? "true" : "false", cb->gpu[0].control_mode,
+              env_or_empty("GVM_RM_STOP"), env_or_empty("GVM_RM_THAW"), env_or_empty("GVM_COMMAND_SPIN_US"));
       fclose(f);
     }
   }
