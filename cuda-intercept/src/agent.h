@@ -221,8 +221,8 @@ GVM_HIDDEN int gvm_compute_set_priority(int gpu, int priority, char *msg, size_t
 GVM_HIDDEN int gvm_compute_freeze(int gpu, bool freeze, char *msg, size_t room);
 GVM_HIDDEN void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass,
                                   uint32_t handle);
-/* libcuda scheduled a TSG (which enables its channels): a frozen or held GPU's stay stopped */
-GVM_HIDDEN void gvm_compute_tsg_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans,
+/* libcuda scheduled a TSG or channel (which enables channels): a frozen or held GPU's stay stopped */
+GVM_HIDDEN void gvm_compute_channels_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans,
                                           uint32_t n);
 GVM_HIDDEN void gvm_compute_release_all(void);
 GVM_HIDDEN void gvm_compute_reset(void);

@@ -438,12 +438,12 @@ void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uin
   }
 }
 
-void gvm_compute_tsg_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans, uint32_t n) {
+void gvm_compute_channels_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans, uint32_t n) {
   if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS || n == 0 || !subdevice) return;
   if (!new_channels_stopped(gpu, policy_hold[gpu]) || !driver_verified()) return;
   uint32_t st = disable_channels(fd, client, subdevice, chans, n, true);
-  if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channels of a TSG scheduled while frozen could not be disabled: %#x", st);
-  else GVM_LOG_ONCE(GVM_LOG_INFO, "a TSG scheduled while frozen: its %u channels disabled again", n);
+  if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channels scheduled while frozen could not be disabled again: %#x", st);
+  else GVM_LOG_ONCE(GVM_LOG_INFO, "%u channels scheduled while frozen: disabled again", n);
 }
 
 /*

@@ -22,6 +22,7 @@
 /* {u8 bEnable, u8 bSkipSubmit, u8 bSkipEnable}: libcuda schedules each new TSG once its channels exist
  * (seen in every H100 trace: alloc TSG, its channels, then this with bEnable=1) */
 #define RM_CMD_TSG_SCHEDULE 0xa06c0101u
+#define RM_CMD_CHANNEL_SCHEDULE 0xa06f0103u /* {u8 bEnable, u8 bSkipSubmit}: the same for one channel */
 #define RM_CMD_TSG_SET_TIMESLICE 0xa06c0103u /* u64 timesliceUs */
 #define RM_CMD_TSG_GET_TIMESLICE 0xa06c0104u /* u64 timesliceUs */
 #define RM_CMD_TSG_PREEMPT 0xa06c0105u       /* {u8 bWait, u8 bManualTimeout, u32 timeoutUs} */

@@ -263,25 +263,28 @@ static uint32_t subdevice_of_tsg(const struct rm_object *tsg) {
 }
 
 /*
- * libcuda schedules a TSG once it has made its channels. On the H100 that enabled channels the agent
- * had just disabled because the GPU was frozen (a PyTorch process frozen before its first context ran
- * 78 iterations), so the settings in force are applied again to the TSG's channels after it.
+ * libcuda schedules a TSG once it has made its channels (GPFIFO_SCHEDULE on the group; the channel verb
+ * exists too), and a schedule with bSkipEnable clear enables the channels. On the H100 that undid the
+ * disable the agent gives each channel created while the GPU is frozen (a PyTorch process frozen before
+ * its first context ran 78 iterations), so the settings in force are applied again after it.
  */
-static void tsg_scheduled(int fd, uint32_t client, uint32_t tsg_handle) {
+static void scheduled(int fd, uint32_t client, uint32_t object) {
   uint32_t chans[GVM_MAX_CHANNELS];
   uint32_t n = 0, subdevice = 0;
   int gpu = -1;
   pthread_mutex_lock(&rm_lock);
-  const struct rm_object *tsg = lookup(client, tsg_handle);
+  const struct rm_object *o = lookup(client, object);
+  const struct rm_object *tsg = !o ? NULL : o->klass == RM_CLASS_TSG ? o : is_channel(o->klass) ? lookup(client, o->parent) : NULL;
   if (tsg && tsg->klass == RM_CLASS_TSG) {
     gpu = tsg->gpu;
     subdevice = subdevice_of_tsg(tsg);
-    for (int i = 0; i < MAX_OBJECTS && n < GVM_MAX_CHANNELS; i++)
-      if (objects[i].used && objects[i].client == client && objects[i].parent == tsg_handle && is_channel(objects[i].klass))
+    if (o != tsg) chans[n++] = object;
+    for (int i = 0; o == tsg && i < MAX_OBJECTS && n < GVM_MAX_CHANNELS; i++)
+      if (objects[i].used && objects[i].client == client && objects[i].parent == object && is_channel(objects[i].klass))
         chans[n++] = objects[i].handle;
   }
   pthread_mutex_unlock(&rm_lock);
-  if (gpu >= 0) gvm_compute_tsg_scheduled(gpu, fd, client, subdevice, chans, n);
+  if (gpu >= 0) gvm_compute_channels_scheduled(gpu, fd, client, subdevice, chans, n);
 }
 static uint32_t alloc_params_known(uint32_t klass) {
   if (klass == RM_CLASS_TSG) return 16;
@@ -324,7 +327,8 @@ void gvm_rm_observe(int fd, unsigned nr, unsigned size, const void *arg, int ret
   int adopt_gpu = -1;
   uint32_t adopt_subdevice = 0;
   if (nr == RM_ESC_CONTROL) {
-    if (w[2] == RM_CMD_TSG_SCHEDULE && params && psize >= 1 && params[0] == 1) tsg_scheduled(fd, w[0], w[1]);
+    if ((w[2] == RM_CMD_TSG_SCHEDULE || w[2] == RM_CMD_CHANNEL_SCHEDULE) && params && psize >= 1 && params[0] == 1)
+      scheduled(fd, w[0], w[1]);
     return;
   }
   pthread_mutex_lock(&rm_lock);

@@ -105,9 +105,18 @@ static uint32_t alloc_tsg(CUcontext c, uint32_t engine, int nchannels, uint32_t 
         if (channels)
             channels[i] = h;
     }
-    /* as libcuda does: the TSG is scheduled once its channels exist (which enables them) */
-    unsigned char schedule[3] = {1, 0, 0};
-    rm_control(htsg, RM_CMD_TSG_SCHEDULE, schedule, sizeof schedule);
+    /* as libcuda does: the TSG is scheduled once its channels exist, which enables them. The copy
+     * engines' single channels take the channel verb instead, as the driver's own UVM does, so both
+     * verbs reach the agent */
+    if (engine == RM_ENGINE_GR) {
+        unsigned char schedule[3] = {1, 0, 0};
+        rm_control(htsg, RM_CMD_TSG_SCHEDULE, schedule, sizeof schedule);
+    } else {
+        for (int i = 0; channels && i < nchannels; i++) {
+            unsigned char schedule[2] = {1, 0};
+            rm_control(channels[i], RM_CMD_CHANNEL_SCHEDULE, schedule, sizeof schedule);
+        }
+    }
     return htsg;
 }
 

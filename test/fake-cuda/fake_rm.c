@@ -352,6 +352,20 @@ static uint32_t tsg_schedule(rm_object_t *tsg, const void *params, uint32_t size
     return NV_OK;
 }
 
+/* The channel verb: that one channel enabled (and put on its runlist). */
+static uint32_t channel_schedule(rm_object_t *ch, const void *params, uint32_t size, int *changed)
+{
+    if (!RM_IS_CHANNEL_CLASS(ch->cls))
+        return NV_ERR_NOT_SUPPORTED;
+    if (size != 2 || !params)
+        return NV_ERR_INVALID_ARGUMENT;
+    if (((const unsigned char *)params)[0] == 1 && ch->disabled) {
+        ch->disabled = 0;
+        *changed = 1;
+    }
+    return NV_OK;
+}
+
 static uint32_t do_control(const rm_nvos54_t *c, void *params, int *changed)
 {
     count_control(c->cmd);
@@ -372,6 +386,8 @@ static uint32_t do_control(const rm_nvos54_t *c, void *params, int *changed)
         return disable_channels(o, params, c->paramsSize, changed);
     case RM_CMD_TSG_SCHEDULE:
         return tsg_schedule(o, params, c->paramsSize, changed);
+    case RM_CMD_CHANNEL_SCHEDULE:
+        return channel_schedule(o, params, c->paramsSize, changed);
     default:
         return NV_ERR_NOT_SUPPORTED;
     }

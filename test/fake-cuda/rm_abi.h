@@ -27,6 +27,7 @@
 #define RM_ENGINE_COPY0 11u
 
 #define RM_CMD_TSG_SCHEDULE 0xa06c0101u /* {u8 bEnable, u8 bSkipSubmit, u8 bSkipEnable} */
+#define RM_CMD_CHANNEL_SCHEDULE 0xa06f0103u /* {u8 bEnable, u8 bSkipSubmit} */
 #define RM_CMD_TSG_SET_TIMESLICE 0xa06c0103u
 #define RM_CMD_TSG_GET_TIMESLICE 0xa06c0104u
 #define RM_CMD_TSG_PREEMPT 0xa06c0105u
