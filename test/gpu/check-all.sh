@@ -5,7 +5,7 @@
 #
 # Usage (repository root, GPU machine; node on PATH for the CLI checks: `source .device/env.sh &&`):
 #   bash test/gpu/check-all.sh [--only a,b] [--skip a,b] [--list]
-# Logs and summary: $OUT/gpu-checks/ (build/gpu-checks/ when $OUT is unset). Exit 1 if a check failed
+# Logs and summary: build/gpu-checks/, archived to $OUT/gpu-checks.tgz when $OUT is set. Exit 1 if a check failed
 # or timed out. Without a GPU: "SKIP: ..." and exit 0.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -44,7 +44,8 @@ gvm_gpus_or_skip
 AGENT=${GVM_AGENT:-$root/build/Release/libgvm.so}
 [ -f "$AGENT" ] || { say "ERROR: no agent at $AGENT (npm install builds it)"; exit 1; }
 BIN=$root/build/gpu-checks-bin
-out=${OUT:-$root/build}/gpu-checks
+# logs stay in the tree; $OUT gets one archive of them (a device call brings back only a few files)
+out=$root/build/gpu-checks
 mkdir -p "$BIN" "$out"
 export AGENT BIN
 
@@ -86,4 +87,7 @@ echo
 cat "$summary"
 echo
 say "logs: $out"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/gpu-checks.tgz" -C "$root/build" gpu-checks && say "logs archived: \$OUT/gpu-checks.tgz"
+fi
 [ "$failed" = 0 ]
