@@ -63,8 +63,18 @@ static _Atomic int rm_allowed = -1;    /* -1 unknown, 0 no, 1 yes (driver versio
  * other: channels run only while neither holds them. 1 = channels disabled, 2 = launches gated
  * (software), 3 = shortest timeslice. Changed under control_lock only.
  */
-static int policy_hold[GVM_MAX_GPUS];
+static _Atomic int policy_hold[GVM_MAX_GPUS];
 static bool channels_held(int gpu) { return policy_hold[gpu] == 1; }
+
+/*
+ * Bumped at every change of whether a GPU's channels must be stopped (freeze, thaw, hold, release),
+ * after the new state is stored and before the snapshot its controls act on. A channel's adopter runs
+ * inside libcuda's ioctl, where it may not take control_lock (the mover holds it across driver
+ * calls); it acts on the state it read, and acts again when the count moved meanwhile, so a thaw
+ * that enabled channels just before the adopter's disable landed does not leave one disabled.
+ */
+static _Atomic uint32_t stop_gen[GVM_MAX_GPUS];
+static void stop_state_changed(int gpu) { atomic_fetch_add(&stop_gen[gpu], 1u); }
 
 static bool driver_verified(void) {
   int v = atomic_load(&rm_allowed);
@@ -276,6 +286,7 @@ static uint32_t stop_channels(const struct gvm_rm_target *t, enum stop_style sty
 static int soft_freeze(int gpu, char *msg, size_t room, const char *why) {
   atomic_fetch_or(&gvm_soft_frozen_mask, 1u << gpu);
   GVM_STORE(&gvm_block->gpu[gpu].frozen, 1u);
+  stop_state_changed(gpu);
   set_mode(gpu, GVM_CONTROL_SOFTWARE);
   gvm_monitor_kick();
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
@@ -311,38 +322,44 @@ static int freeze_locked(int gpu, bool freeze, char *msg, size_t room) {
     if (soft && policy_hold[gpu] != 2) soft_thaw(gpu);
     struct gvm_rm_target t;
     snprintf(msg, room, "thawed");
+    /* the state first, then the snapshot: see stop_gen */
+    GVM_STORE(&b->frozen, 0u);
+    stop_state_changed(gpu);
     if (!soft && !channels_held(gpu) && gvm_rm_snapshot(gpu, &t) && t.nchan > 0) {
       uint64_t t0 = gvm_now_ns();
       uint32_t st = disable_channels_how(t.fd, t.client, t.subdevice, t.chan, t.nchan, false, !thaw_full());
       if (st) {
+        GVM_STORE(&b->frozen, 1u); /* the channels are still disabled: the process is still frozen */
+        stop_state_changed(gpu);
         snprintf(msg, room, "enable channels failed: RM status %#x", st);
         return GVM_STATUS_DRIVER;
       }
       /* the RM control's own time, apart from the command's delivery: where a slow thaw is spent */
       snprintf(msg, room, "thawed: %u channels enabled in %.2f ms", t.nchan, (double)(gvm_now_ns() - t0) / 1e6);
     }
-    GVM_STORE(&b->frozen, 0u);
     return GVM_STATUS_OK;
   }
   if (!driver_verified()) return soft_freeze(gpu, msg, room, "driver not verified for RM controls");
   if (channels_held(gpu)) { /* the policy already stopped them: nothing runs */
     GVM_STORE(&b->frozen, 1u);
+    stop_state_changed(gpu);
     snprintf(msg, room, "frozen (channels were already held by the policy)");
     return GVM_STATUS_OK;
   }
   struct gvm_rm_target t;
+  if ((!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) && channels_elsewhere(gpu, &t))
+    return soft_freeze(gpu, msg, room, mps_pipe_present() ? "an MPS client: its channels are the MPS server's"
+                                                          : "no channel of its own on this GPU");
+  uint64_t t0 = gvm_now_ns();
+  /* the state first, then the snapshot: a channel recorded after it is disabled by its adopter */
+  GVM_STORE(&b->frozen, 1u);
+  stop_state_changed(gpu);
   if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) {
-    if (channels_elsewhere(gpu, &t))
-      return soft_freeze(gpu, msg, room, mps_pipe_present() ? "an MPS client: its channels are the MPS server's"
-                                                            : "no channel of its own on this GPU");
     /* nothing runs yet: channels created from now on start disabled */
-    GVM_STORE(&b->frozen, 1u);
     set_mode(gpu, GVM_CONTROL_RM);
     snprintf(msg, room, "frozen before the first channel; new channels start disabled");
     return GVM_STATUS_OK;
   }
-  uint64_t t0 = gvm_now_ns();
-  GVM_STORE(&b->frozen, 1u); /* first, so a channel created meanwhile starts disabled */
   const char *failed;
   const char *how;
   uint32_t st = stop_channels(&t, STOP_FREEZE, &failed, &how);
@@ -414,8 +431,29 @@ void gvm_compute_resume(int gpu) {
 /* ---- objects libcuda creates later inherit the GPU's settings (called outside the RM lock) ---- */
 
 /* Channels of this GPU must not run: the user froze it through the RM path, or the policy holds it. */
-static bool new_channels_stopped(int gpu, int held) {
-  return (GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) || held == 1;
+static bool new_channels_stopped(int gpu) {
+  return (GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) ||
+         policy_hold[gpu] == 1;
+}
+
+/* Channels libcuda just made or scheduled follow the GPU's state, re-read until no change raced it. */
+static void channels_follow_state(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans,
+                                  uint32_t n, const char *what) {
+  bool disabled = false; /* by us: what libcuda left them in otherwise */
+  for (int round = 0; round < 16; round++) {
+    uint32_t gen = atomic_load(&stop_gen[gpu]);
+    bool stop = new_channels_stopped(gpu);
+    if (stop != disabled) {
+      uint32_t st = disable_channels(fd, client, subdevice, chans, n, stop);
+      if (st) {
+        GVM_LOG_ONCE(GVM_LOG_WARN, "%s: %u channel(s) could not be %s: RM status %#x", what, n,
+                     stop ? "disabled" : "enabled again", st);
+        return;
+      }
+      disabled = stop;
+    }
+    if (atomic_load(&stop_gen[gpu]) == gen) return;
+  }
 }
 
 void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uint32_t klass, uint32_t handle) {
@@ -432,18 +470,15 @@ void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uin
     uint32_t st = set_timeslice(&t, handle, timeslice_for(prio), &got);
     if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "new TSG %#x kept the default timeslice: RM status %#x", handle, st);
     else gvm_rm_note_timeslice(client, handle, got);
-  } else if (new_channels_stopped(gpu, held) && subdevice) {
-    uint32_t st = disable_channels(fd, client, subdevice, &handle, 1, true);
-    if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channel %#x created while frozen could not be disabled: %#x", handle, st);
+  } else if (subdevice) {
+    channels_follow_state(gpu, fd, client, subdevice, &handle, 1, "a channel created while frozen");
   }
 }
 
 void gvm_compute_channels_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans, uint32_t n) {
   if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS || n == 0 || !subdevice) return;
-  if (!new_channels_stopped(gpu, policy_hold[gpu]) || !driver_verified()) return;
-  uint32_t st = disable_channels(fd, client, subdevice, chans, n, true);
-  if (st) GVM_LOG_ONCE(GVM_LOG_WARN, "channels scheduled while frozen could not be disabled again: %#x", st);
-  else GVM_LOG_ONCE(GVM_LOG_INFO, "%u channels scheduled while frozen: disabled again", n);
+  if (!new_channels_stopped(gpu) || !driver_verified()) return;
+  channels_follow_state(gpu, fd, client, subdevice, chans, n, "channels scheduled while frozen");
 }
 
 /*
@@ -478,8 +513,14 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
     } else if (have && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) {
       const char *failed;
       const char *how;
+      policy_hold[gpu] = 1; /* the state first, then the snapshot: see stop_gen */
+      stop_state_changed(gpu);
+      gvm_rm_snapshot(gpu, &t);
       st = user_frozen ? 0 : stop_channels(&t, STOP_HOLD, &failed, &how);
-      if (!st) policy_hold[gpu] = 1;
+      if (st) {
+        policy_hold[gpu] = 0;
+        stop_state_changed(gpu);
+      }
     }
     if (!policy_hold[gpu] && !throttle) { /* no RM path (or it refused): hold launches at the hook */
       atomic_fetch_or(&gvm_soft_frozen_mask, 1u << gpu);
@@ -489,6 +530,7 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
   } else if (!hold && policy_hold[gpu]) {
     int was = policy_hold[gpu];
     policy_hold[gpu] = 0;
+    stop_state_changed(gpu);
     if (was == 3 && have) st = set_all_timeslices(&t, GVM_LOAD(&b->priority));
     else if (was == 1 && have && !GVM_LOAD(&b->frozen))
       st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
