@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm, GvmKey, GvmProcess } from '../lib/index';
-import { AGENT, FAKE, FAKE_RM, Prog, Report, start, until } from './fake-prog';
+import { AGENT, FAKE, FAKE_RM, fakeEnv, Prog, Report, start, until } from './fake-prog';
 import { blockFile, gvm, RELEASE, ROOT, tmpShm } from './helpers';
 
 const BINDERS = ['direct', 'dlsym', 'procaddr'] as const;
@@ -454,6 +454,20 @@ function mpsPipe(t: Tap.Test): string {
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
+
+t.test('channels libcuda schedules while frozen are disabled again; a thaw racing that disable does not leave them disabled', async (t) => {
+  const shm = tmpShm(t);
+  const r = spawnSync(path.join(FAKE, 'bin', 'gvm-thaw-race'), [], {
+    encoding: 'utf8',
+    env: fakeEnv(shm, { GVM_RM_ANY_DRIVER: '1' }),
+    timeout: 30000,
+  });
+  t.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+  t.match(r.stdout, /^freeze 0 frozen before the first channel/m, 'frozen before its first context');
+  // the fake RM's hook thawed the process right before the agent's re-disable of the scheduled TSG took effect
+  t.match(r.stdout, /^thaw 0 thawed: \d+ channels enabled/m, 'the thaw ran between the decision and the control');
+  t.match(r.stdout, /^channels 11 disabled 0 frozen 0$/m, 'every channel enabled in the thawed process');
+});
 
 t.test("an MPS client (its work runs on the MPS server's channels): freeze holds launches, priority is refused", async (t) => {
   const shm = tmpShm(t);

@@ -107,6 +107,14 @@ API void fakeRmRegisterFd(int fd)
 
 API void fakeRmSetChannelHook(void (*hook)(void)) { atomic_store(&g_channel_hook, hook); }
 
+/* Called (outside the RM lock) before each control is applied, with its command and the caller's
+ * params: a test can make something happen between a caller's decision and its control's effect. */
+static void (*_Atomic g_before_control_hook)(unsigned cmd, const void *params, unsigned size);
+API void fakeRmSetBeforeControlHook(void (*hook)(unsigned cmd, const void *params, unsigned size))
+{
+    atomic_store(&g_before_control_hook, hook);
+}
+
 /* Called after a control that must not answer while stopped channels still run work: a TSG preempt
  * with bWait, or a disable-channels without bOnlyDisableScheduling (the RM preempts them itself). */
 static void (*_Atomic g_stop_hook)(void);
@@ -409,6 +417,9 @@ static int handle_control(int fd, unsigned size, void *arg)
     size_t nsent = params ? (c->paramsSize < sizeof sent ? c->paramsSize : sizeof sent) : 0;
     if (nsent)
         memcpy(sent, params, nsent);
+    void (*before)(unsigned, const void *, unsigned) = atomic_load(&g_before_control_hook);
+    if (before)
+        before(c->cmd, params, c->paramsSize);
     int changed = 0;
     pthread_mutex_lock(&g_lock);
     uint32_t status = do_control(c, params, &changed);

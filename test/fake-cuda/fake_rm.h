@@ -21,6 +21,8 @@ void fakeRmSetChannelHook(void (*hook)(void));
 /* Called (outside the RM lock) after a preempt with bWait or a preempting disable: it returns once
  * no operation of a stopped context is still running, as the real RM answers only then. */
 void fakeRmSetStopHook(void (*hook)(void));
+/* Called (outside the RM lock) before each control is applied, with its command and params. */
+void fakeRmSetBeforeControlHook(void (*hook)(unsigned cmd, const void *params, unsigned size));
 
 #ifdef __cplusplus
 }
