@@ -457,7 +457,7 @@ function mpsPipe(t: Tap.Test): string {
 
 t.test('channels libcuda schedules while frozen are disabled again; a thaw racing that disable does not leave them disabled', async (t) => {
   const shm = tmpShm(t);
-  const r = spawnSync(path.join(FAKE, 'bin', 'gvm-thaw-race'), [], {
+  const r = spawnSync(path.join(FAKE, 'bin', 'gvm-channel-race'), ['thaw'], {
     encoding: 'utf8',
     env: fakeEnv(shm, { GVM_RM_ANY_DRIVER: '1' }),
     timeout: 30000,
@@ -467,6 +467,21 @@ t.test('channels libcuda schedules while frozen are disabled again; a thaw racin
   // the fake RM's hook thawed the process right before the agent's re-disable of the scheduled TSG took effect
   t.match(r.stdout, /^thaw 0 thawed: \d+ channels enabled/m, 'the thaw ran between the decision and the control');
   t.match(r.stdout, /^channels 11 disabled 0 frozen 0$/m, 'every channel enabled in the thawed process');
+});
+
+t.test("a context created while the mover moves memory starts with its channels disabled; they run after the move", async (t) => {
+  const shm = tmpShm(t);
+  const r = spawnSync(path.join(FAKE, 'bin', 'gvm-channel-race'), ['move'], {
+    encoding: 'utf8',
+    env: fakeEnv(shm, { GVM_RM_ANY_DRIVER: '1', GVM_MEMORY_MODE: 'swap' }),
+    timeout: 30000,
+  });
+  t.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+  t.match(r.stdout, /^limit 0 limit set .* 8388608 on the host$/m, 'two 4 MiB buffers moved to the host');
+  // the fake RM's hook made the second context inside the mover's quiet window
+  t.match(r.stdout, /^during-move new 11 disabled 11$/m, "the new context's channels could not run during the move");
+  t.match(r.stdout, /^intact 4 of 4$/m, 'every buffer kept its pattern');
+  t.match(r.stdout, /^channels 22 disabled 0 frozen 0$/m, 'after the move every channel runs');
 });
 
 t.test("an MPS client (its work runs on the MPS server's channels): freeze holds launches, priority is refused", async (t) => {

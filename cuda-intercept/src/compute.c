@@ -75,6 +75,13 @@ static bool channels_held(int gpu) { return policy_hold[gpu] == 1; }
  */
 static _Atomic uint32_t stop_gen[GVM_MAX_GPUS];
 static void stop_state_changed(int gpu) { atomic_fetch_add(&stop_gen[gpu], 1u); }
+/* the mover's quiet window is open on this GPU (gvm_compute_quiesce .. gvm_compute_resume) */
+static _Atomic int quiet[GVM_MAX_GPUS];
+
+/* The user froze this GPU through the RM path: its channels are disabled and stay so. */
+static bool rm_frozen(int gpu) {
+  return GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu));
+}
 
 static bool driver_verified(void) {
   int v = atomic_load(&rm_allowed);
@@ -395,24 +402,33 @@ static int quiesce_style(void) {
   return style;
 }
 
+static void set_quiet(int gpu, int on) {
+  quiet[gpu] = on;
+  stop_state_changed(gpu);
+}
+
 bool gvm_compute_quiesce(int gpu) {
   if (!driver_verified()) return false;
   pthread_mutex_lock(&control_lock);
   struct gvm_rm_target t;
-  if ((GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) ||
-      channels_held(gpu))
-    return true;
+  if (rm_frozen(gpu) || channels_held(gpu)) return true;
+  int style = quiesce_style();
+  /* the state first, then the snapshot: a channel made during the move (a new context's) starts
+   * disabled, and resume enables it with the rest. Not with compute-only stops: resume would then
+   * enable the compute channels alone, and a new context's copy channels would stay disabled. */
+  if (style == 0) set_quiet(gpu, 1);
   if (!gvm_rm_snapshot(gpu, &t) || t.nchan == 0) {
     if (!channels_elsewhere(gpu, &t)) return true; /* no context, no channel: nothing can run */
+    if (style == 0) set_quiet(gpu, 0);
     pthread_mutex_unlock(&control_lock);
     return false;
   }
-  int style = quiesce_style();
   if (style == 1) gvm_rm_compute_only(&t);
   const char *failed;
   const char *how;
   uint32_t st = stop_channels(&t, STOP_QUIESCE, &failed, &how);
   if (st) {
+    if (style == 0) set_quiet(gpu, 0);
     pthread_mutex_unlock(&control_lock);
     GVM_LOG_ONCE(GVM_LOG_WARN, "cannot stop the process's channels for a move (RM status %#x)", st);
     return false;
@@ -422,19 +438,19 @@ bool gvm_compute_quiesce(int gpu) {
 
 void gvm_compute_resume(int gpu) {
   struct gvm_rm_target t;
-  bool user_frozen = GVM_LOAD(&gvm_block->gpu[gpu].frozen) || channels_held(gpu);
-  if (!user_frozen && gvm_rm_snapshot(gpu, &t) && t.nchan > 0 && (quiesce_style() != 1 || gvm_rm_compute_only(&t)))
+  if (quiet[gpu]) set_quiet(gpu, 0);
+  /* as quiesce decided: what the user's RM freeze or the policy holds stays stopped */
+  bool stays_stopped = rm_frozen(gpu) || channels_held(gpu);
+  if (!stays_stopped && gvm_rm_snapshot(gpu, &t) && t.nchan > 0 && (quiesce_style() != 1 || gvm_rm_compute_only(&t)))
     disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
   pthread_mutex_unlock(&control_lock);
 }
 
 /* ---- objects libcuda creates later inherit the GPU's settings (called outside the RM lock) ---- */
 
-/* Channels of this GPU must not run: the user froze it through the RM path, or the policy holds it. */
-static bool new_channels_stopped(int gpu) {
-  return (GVM_LOAD(&gvm_block->gpu[gpu].frozen) && !(atomic_load(&gvm_soft_frozen_mask) & (1u << gpu))) ||
-         policy_hold[gpu] == 1;
-}
+/* Channels of this GPU must not run: the user froze it through the RM path, the policy holds it, or
+ * the mover is moving its memory. */
+static bool new_channels_stopped(int gpu) { return rm_frozen(gpu) || policy_hold[gpu] == 1 || quiet[gpu]; }
 
 /* Channels libcuda just made or scheduled follow the GPU's state, re-read until no change raced it. */
 static void channels_follow_state(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans,
@@ -461,7 +477,7 @@ void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uin
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   int held = policy_hold[gpu]; /* read without the lock: a hold racing a new object is re-applied at release */
   bool wants_timeslice = klass == RM_CLASS_TSG && (GVM_LOAD(&b->priority) != PRIORITY_DEFAULT || held == 3);
-  bool wants_disable = klass != RM_CLASS_TSG && (GVM_LOAD(&b->frozen) || held == 1);
+  bool wants_disable = klass != RM_CLASS_TSG && new_channels_stopped(gpu);
   if ((!wants_timeslice && !wants_disable) || !driver_verified()) return;
   if (klass == RM_CLASS_TSG) {
     int prio = held == 3 ? 15 : GVM_LOAD(&b->priority);
@@ -566,5 +582,6 @@ void gvm_compute_release_all(void) {
 void gvm_compute_reset(void) {
   atomic_store(&gvm_soft_frozen_mask, 0);
   memset(policy_hold, 0, sizeof policy_hold);
+  memset(quiet, 0, sizeof quiet); /* a fork during a move: the child has no mover and no move */
   pthread_mutex_init(&control_lock, NULL);
 }

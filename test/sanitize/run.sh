@@ -17,7 +17,7 @@ mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 CLI="node $ROOT/dist/cli/gvm.js"
 JOBS=${JOBS:-2}
-TARGETS="gvm fakecuda fakerm gvm-prog-direct gvm-prog-dlsym gvm-prog-procaddr gvm-memory-prog gvm-limit-race gvm-multi-gpu-check gvm-ipc-check"
+TARGETS="gvm fakecuda fakerm gvm-prog-direct gvm-prog-dlsym gvm-prog-procaddr gvm-memory-prog gvm-limit-race gvm-multi-gpu-check gvm-ipc-check gvm-channel-race"
 FAILED=0
 START=$(date +%s)
 
@@ -103,6 +103,8 @@ scenarios() {
   run multi-gpu-check GVM_RM_ANY_DRIVER=1 -- gvm-multi-gpu-check 3
   run ipc-check GVM_MEMORY_MODE=swap GVM_RM_ANY_DRIVER=1 -- gvm-ipc-check
   run ipc-check-1-0 GVM_MEMORY_MODE=swap GVM_RM_ANY_DRIVER=1 -- gvm-ipc-check 1 0
+  run channel-race-thaw GVM_RM_ANY_DRIVER=1 -- gvm-channel-race thaw
+  run channel-race-move GVM_MEMORY_MODE=swap GVM_RM_ANY_DRIVER=1 -- gvm-channel-race move
   if [ -f "$ROOT/dist/cli/gvm.js" ]; then steered; else say "  (no dist/: steered scenario skipped; npm run build)"; fi
 }
 
