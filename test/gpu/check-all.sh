@@ -16,6 +16,7 @@ say() { echo "[check-all] $*"; }
 
 # name | seconds | command (run by bash -c from the repository root; $AGENT and $BIN are set)
 CHECKS=(
+  "doctor|60|node dist/cli/gvm.js doctor"
   "agent|120|LD_PRELOAD=\$AGENT \$BIN/agent_check"
   "limit_race_oom|180|GVM_MEMORY_MODE=oom LD_PRELOAD=\$AGENT \$BIN/limit_race 10 4096"
   "limit_race_swap|180|GVM_MEMORY_MODE=swap LD_PRELOAD=\$AGENT \$BIN/limit_race 10 4096"
