@@ -548,7 +548,7 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
     policy_hold[gpu] = 0;
     stop_state_changed(gpu);
     if (was == 3 && have) st = set_all_timeslices(&t, GVM_LOAD(&b->priority));
-    else if (was == 1 && have && !GVM_LOAD(&b->frozen))
+    else if (was == 1 && have && !GVM_LOAD(&b->frozen) && gvm_rm_snapshot(gpu, &t)) /* again, after the state */
       st = disable_channels(t.fd, t.client, t.subdevice, t.chan, t.nchan, false);
     else if (was == 2 && !(GVM_LOAD(&b->frozen) && GVM_LOAD(&b->control_mode) == GVM_CONTROL_SOFTWARE))
       soft_thaw(gpu);
