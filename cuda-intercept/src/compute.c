@@ -450,7 +450,7 @@ void gvm_compute_resume(int gpu) {
 
 /* Channels of this GPU must not run: the user froze it through the RM path, the policy holds it, or
  * the mover is moving its memory. */
-static bool new_channels_stopped(int gpu) { return rm_frozen(gpu) || policy_hold[gpu] == 1 || quiet[gpu]; }
+static bool new_channels_stopped(int gpu) { return rm_frozen(gpu) || channels_held(gpu) || quiet[gpu]; }
 
 /* Channels libcuda just made or scheduled follow the GPU's state, re-read until no change raced it. */
 static void channels_follow_state(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans,
@@ -492,8 +492,7 @@ void gvm_compute_adopt(int gpu, int fd, uint32_t client, uint32_t subdevice, uin
 }
 
 void gvm_compute_channels_scheduled(int gpu, int fd, uint32_t client, uint32_t subdevice, const uint32_t *chans, uint32_t n) {
-  if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS || n == 0 || !subdevice) return;
-  if (!new_channels_stopped(gpu) || !driver_verified()) return;
+  if (!gvm_block || gpu < 0 || gpu >= GVM_MAX_GPUS || n == 0 || !subdevice || !driver_verified()) return;
   channels_follow_state(gpu, fd, client, subdevice, chans, n, "channels scheduled while frozen");
 }
 

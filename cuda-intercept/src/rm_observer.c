@@ -274,18 +274,22 @@ static void scheduled(int fd, uint32_t client, uint32_t object) {
   int gpu = -1;
   pthread_mutex_lock(&rm_lock);
   const struct rm_object *o = lookup(client, object);
-  const struct rm_object *tsg = !o ? NULL : o->klass == RM_CLASS_TSG ? o : is_channel(o->klass) ? lookup(client, o->parent) : NULL;
+  const struct rm_object *tsg = o && is_channel(o->klass) ? lookup(client, o->parent) : o;
   if (tsg && tsg->klass == RM_CLASS_TSG) {
     gpu = tsg->gpu;
     subdevice = subdevice_of_tsg(tsg);
-    if (o != tsg) chans[n++] = object;
-    for (int i = 0; o == tsg && i < MAX_OBJECTS && n < GVM_MAX_CHANNELS; i++)
-      if (objects[i].used && objects[i].client == client && objects[i].parent == object && is_channel(objects[i].klass))
-        chans[n++] = objects[i].handle;
+    if (o != tsg) {
+      chans[n++] = object; /* the channel verb: that channel only */
+    } else {
+      for (int i = 0; i < MAX_OBJECTS && n < GVM_MAX_CHANNELS; i++)
+        if (objects[i].used && objects[i].client == client && objects[i].parent == object && is_channel(objects[i].klass))
+          chans[n++] = objects[i].handle;
+    }
   }
   pthread_mutex_unlock(&rm_lock);
   if (gpu >= 0) gvm_compute_channels_scheduled(gpu, fd, client, subdevice, chans, n);
 }
+
 static uint32_t alloc_params_known(uint32_t klass) {
   if (klass == RM_CLASS_TSG) return 16;
   if (klass == RM_CLASS_DEVICE || klass == RM_CLASS_SUBDEVICE) return 4;
