@@ -111,6 +111,44 @@ t.test('a burst holds the best-effort process; the end of it releases the proces
   t.match(events.stdout, /busy 0 \d+\n.*idle 0 \d+/s, 'gvm get policy.events lists busy then idle');
 });
 
+/** CPU time (ms) of a process's thread named `comm`, from /proc (utime + stime, clock ticks of 10 ms). */
+function threadCpuMs(pid: number, comm: string): number {
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    if (fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() !== comm) continue;
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10; // fields 14 and 15 of stat
+  }
+  throw new Error(`no thread ${comm} in ${pid}`);
+}
+
+t.test('GVM_POLICY_SPIN_US: a released best-effort thread polls instead of sleeping, and still holds and releases', async (t) => {
+  const { latency, bpid, bgpu } = await pair(t, { GVM_POLICY_SPIN_US: '10000000' });
+  await until(() => !bgpu.policy.held, 3000);
+  const cpu0 = threadCpuMs(bpid, 'gvm-policy0');
+  await new Promise((r) => setTimeout(r, 1000));
+  const spun = threadCpuMs(bpid, 'gvm-policy0') - cpu0;
+  t.ok(spun >= 100, `the policy thread polled while released: ${spun} ms of CPU in 1 s`);
+  const holds0 = bgpu.policy.holds;
+  latency.send('hold');
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.held, 3000), 'held by a burst');
+  t.equal(bgpu.policy.holds, holds0 + 1, 'one hold');
+  const cpuHeld = threadCpuMs(bpid, 'gvm-policy0');
+  await new Promise((r) => setTimeout(r, 500));
+  t.ok(threadCpuMs(bpid, 'gvm-policy0') - cpuHeld <= 60, 'while held it sleeps (the release waits on the board as before)');
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 3000), 'released');
+});
+
+t.test('without GVM_POLICY_SPIN_US the released thread sleeps', async (t) => {
+  const { bpid, bgpu } = await pair(t);
+  await until(() => !bgpu.policy.held, 3000);
+  const cpu0 = threadCpuMs(bpid, 'gvm-policy0');
+  await new Promise((r) => setTimeout(r, 1000));
+  t.ok(threadCpuMs(bpid, 'gvm-policy0') - cpu0 <= 60, 'at most a few ticks of CPU in 1 s');
+});
+
 t.test('a latency process killed mid-burst leaves no hold behind', async (t) => {
   const { latency, bgpu, lpid } = await pair(t);
   latency.send('hold');

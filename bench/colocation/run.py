@@ -12,6 +12,9 @@ training job (LoRA fine-tune or UNet diffusion), every case in one run:
                  while the server grows its KV pool (so the server's growth needs the policy to move
                  best-effort memory to the host); the job pre-warms host memory for what it will lend
                  (--prewarm-gb, default the growth + 1 GiB; 0 for none)
+  gvm-auto-spin  gvm-auto with GVM_POLICY_SPIN_US=1000000: the best-effort policy thread polls the board
+                 while released instead of sleeping on its futex (one CPU core for a shorter hold chain;
+                 not in the default list, name it with --cases)
 
 In each two-process case both start together; once both are warm, a start file opens the server's
 idle phase (the best-effort job's "server idle" throughput), then its load phase (Poisson arrivals).
@@ -112,6 +115,8 @@ def run_case(case, job, a, tmp):
     elif case.startswith("gvm-auto"):
         srv_pre = CLI + ["run", "--class", "latency", "--"]
         be_pre = CLI + ["run", "--class", "best-effort", "--idle-ms", str(a.idle_ms)]
+        if case == "gvm-auto-spin":
+            env["GVM_POLICY_SPIN_US"] = "1000000"
         if case == "gvm-auto-swap":
             be_pre += ["--memory-mode", "swap", "--memory-limit", a.swap_limit]
             if a.prewarm_gb > 0:  # the job expects to lend the server's growth: its host memory made ahead

@@ -108,6 +108,7 @@ struct gvm_config {
   int priority;
   int policy_class;        /* enum gvm_policy_class (GVM_CLASS) */
   int policy_idle_ms;      /* GVM_POLICY_IDLE_MS */
+  int policy_spin_us;      /* GVM_POLICY_SPIN_US: a released best-effort thread polls the board this long before sleeping */
   bool policy_throttle;    /* GVM_POLICY_ACTION=throttle (default freeze) */
   int policy_mem_wait_ms;  /* GVM_POLICY_MEM_WAIT_MS: how long a latency allocation waits for lent memory */
   char shm_dir[256];

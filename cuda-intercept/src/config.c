@@ -63,6 +63,10 @@ __attribute__((constructor)) static void gvm_config_load(void) {
     if (v <= 10000) gvm_config.policy_idle_ms = (int)v;
     else gvm_log(GVM_LOG_WARN, "GVM_POLICY_IDLE_MS=%llu is above 10000; ignored", (unsigned long long)v);
   }
+  if (parse_u64("GVM_POLICY_SPIN_US", &v)) {
+    if (v <= 10000000) gvm_config.policy_spin_us = (int)v;
+    else gvm_log(GVM_LOG_WARN, "GVM_POLICY_SPIN_US=%llu is above 10000000; ignored", (unsigned long long)v);
+  }
   if (parse_u64("GVM_POLICY_MEM_WAIT_MS", &v) && v <= 600000) gvm_config.policy_mem_wait_ms = (int)v;
   const char *action = getenv("GVM_POLICY_ACTION");
   if (action && strcmp(action, "throttle") == 0) gvm_config.policy_throttle = true;

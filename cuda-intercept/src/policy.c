@@ -364,6 +364,27 @@ static void reap_busy(int gpu) {
   }
 }
 
+/*
+ * GVM_POLICY_SPIN_US: a released best-effort thread polls the board this long before sleeping on it.
+ * The futex wake of a sleeping thread is most of the hold chain's tail on a VM (a vCPU wakeup), so a
+ * user who would rather spend a core than that tail can spin; the latency side is unchanged. True when
+ * the board changed while polling.
+ */
+static bool spin_for_change(struct gvm_board *b, uint32_t seq, uint64_t ns) {
+  uint64_t end = gvm_now_ns() + ns;
+  do {
+    for (int i = 0; i < 64; i++) {
+      if (__atomic_load_n(&b->seq, __ATOMIC_SEQ_CST) != seq) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    }
+  } while (gvm_now_ns() < end && !atomic_load(&stopping));
+  return false;
+}
+
 static void *policy_main(void *arg) {
   int gpu = (int)(intptr_t)arg;
   struct gvm_board *b = boards[gpu];
@@ -409,6 +430,12 @@ static void *policy_main(void *arg) {
     if (v.hot && wait > REAP_INTERVAL_NS) wait = REAP_INTERVAL_NS;
     if (atomic_load(&lent[gpu]) && wait > 250 * MS) wait = 250 * MS; /* to notice when lent memory fits again */
     if (wait > 1000 * MS) wait = 1000 * MS;
+    if (gvm_config.policy_spin_us > 0 && klass == GVM_CLASS_BEST_EFFORT && !held) {
+      uint64_t spin = (uint64_t)gvm_config.policy_spin_us * 1000;
+      if (spin_for_change(b, seq, spin < wait ? spin : wait)) continue;
+      if (spin >= wait) continue; /* the poll covered the whole wait: decide again */
+      wait -= spin;
+    }
     struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull), .tv_nsec = (long)(wait % 1000000000ull)};
     gvm_futex(&b->seq, FUTEX_WAIT, seq, &ts);
   }
