@@ -136,12 +136,23 @@ int main(int argc, char **argv) {
     unsigned long long frozen_at = *counter;
     usleep(20000);
     if (*counter != frozen_at) zero_progress_violations++;
-    double t2 = now_us();
-    st = command(GVM_KEY_COMPUTE_FREEZE, 0, msg);
-    double t3 = now_us();
-    rm_time_us(msg, rm_thaw_us);
+    // as for the freeze, the counter is watched from the moment the command goes out: the GPU runs
+    // again once the agent's RM control returns, before the agent's answer wakes the sender
+    double t2 = now_us(), t3 = 0;
+    std::thread thawer([&] {
+      st = command(GVM_KEY_COMPUTE_FREEZE, 0, msg);
+      t3 = now_us();
+    });
     while (*counter == frozen_at && now_us() - t2 < 1e6) {}
-    thaw_us.push_back(now_us() - t2);
+    double first_change = now_us();
+    thawer.join();
+    if (st != 0) {
+      printf("FAIL thaw status %d: %s\n", st, msg);
+      failures++;
+      break;
+    }
+    rm_time_us(msg, rm_thaw_us);
+    thaw_us.push_back(first_change - t2);
     cmd_thaw_us.push_back(t3 - t2);
   }
   *stop = 1;
