@@ -484,6 +484,23 @@ t.test("a context created while the mover moves memory starts with its channels 
   t.match(r.stdout, /^channels 22 disabled 0 frozen 0$/m, 'after the move every channel runs');
 });
 
+for (const [name, args, env] of [
+  ['work left on the legacy stream (a mark there depends on the capturing stream)', ['30'], {}],
+  ['the driver\'s begin returning late (a mark on the capturing stream itself)', ['30', 'capturing-only'], { FAKE_CUDA_BEGIN_CAPTURE_DELAY_US: '3000' }],
+] as const) {
+  t.test(`graph captures stay valid beside the event thread's marks: ${name}`, async (t) => {
+    const r = spawnSync(path.join(FAKE, 'bin', 'gvm-capture-race'), [...args], {
+      encoding: 'utf8',
+      env: fakeEnv(tmpShm(t), { GVM_RM_ANY_DRIVER: '1', FAKE_CUDA_KERNEL_US: '2000', ...env }),
+      timeout: 30000,
+    });
+    t.equal(r.status, 0, `${r.stdout}${r.stderr}`);
+    // without the agent's capture handshake 28 of 30 were invalidated in each case
+    t.match(r.stdout, /^captures 30 ok 30 invalidated 0$/m, 'no capture invalidated');
+    t.match(r.stdout, /^graph-kernels 90$/m, 'every captured graph replayed its kernels');
+  });
+}
+
 t.test("an MPS client (its work runs on the MPS server's channels): freeze holds launches, priority is refused", async (t) => {
   const shm = tmpShm(t);
   const env = { GVM_RM_ANY_DRIVER: '1', FAKE_CUDA_MPS_CLIENT: '1', CUDA_MPS_PIPE_DIRECTORY: mpsPipe(t) };

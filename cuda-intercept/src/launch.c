@@ -41,6 +41,15 @@ struct stream_entry {
 
 static struct stream_entry streams[STREAM_SLOTS];
 static _Atomic int captures_active;
+/*
+ * The event thread records its marks on the application's streams, and a record that lands in a
+ * capture invalidates it (the graph fails to build: seen on the H200 as PyTorch's "operation failed
+ * due to a previous error during capture"). A begin announces itself in capture_begins before the
+ * driver's begin and waits while the event thread is between its check and its record (marking), so
+ * the thread either sees the announcement and skips, or records before the capture starts.
+ */
+static _Atomic int capture_begins;
+static _Atomic int marking;
 /* counts folded out of entries whose handle was reused for another stream */
 static _Atomic uint64_t folded_submitted[GVM_MAX_GPUS], folded_ended[GVM_MAX_GPUS];
 
@@ -325,40 +334,53 @@ CUresult gvm_hook_cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s) {
 bool gvm_capture_active(void) { return atomic_load_explicit(&captures_active, memory_order_relaxed) > 0; }
 
 /* ---- capture bookkeeping: while none is active, launches skip the capture query entirely ---- */
+static void capture_announce(void) {
+  atomic_fetch_add(&capture_begins, 1);
+  /* one event record at most: the event thread holds no lock and waits for nothing of ours */
+  for (unsigned spins = 0; atomic_load(&marking); spins++)
+    if (spins > 64) sched_yield();
+}
 static void capture_began(CUresult r) {
   if (r == CUDA_SUCCESS) atomic_fetch_add(&captures_active, 1);
+  atomic_fetch_sub(&capture_begins, 1);
 }
 static void capture_ended(bool was_capturing) {
   if (was_capturing && atomic_fetch_sub(&captures_active, 1) <= 0) atomic_store(&captures_active, 0);
 }
 CUresult gvm_hook_cuStreamBeginCapture(CUstream s) {
+  capture_announce();
   CUresult r = GVM_REAL(cuStreamBeginCapture, s);
   capture_began(r);
   return r;
 }
 CUresult gvm_hook_cuStreamBeginCapture_ptsz(CUstream s) {
+  capture_announce();
   CUresult r = GVM_REAL(cuStreamBeginCapture_ptsz, s);
   capture_began(r);
   return r;
 }
 CUresult gvm_hook_cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
+  capture_announce();
   CUresult r = GVM_REAL(cuStreamBeginCapture_v2, s, mode);
   capture_began(r);
   return r;
 }
 CUresult gvm_hook_cuStreamBeginCapture_v2_ptsz(CUstream s, CUstreamCaptureMode mode) {
+  capture_announce();
   CUresult r = GVM_REAL(cuStreamBeginCapture_v2_ptsz, s, mode);
   capture_began(r);
   return r;
 }
 CUresult gvm_hook_cuStreamBeginCaptureToGraph(CUstream s, CUgraph g, const CUgraphNode *deps,
                                               const CUgraphEdgeData *data, size_t n, CUstreamCaptureMode mode) {
+  capture_announce();
   CUresult r = GVM_REAL(cuStreamBeginCaptureToGraph, s, g, deps, data, n, mode);
   capture_began(r);
   return r;
 }
 CUresult gvm_hook_cuStreamBeginCaptureToGraph_ptsz(CUstream s, CUgraph g, const CUgraphNode *deps,
                                                    const CUgraphEdgeData *data, size_t n, CUstreamCaptureMode mode) {
+  capture_announce();
   CUresult r = GVM_REAL(cuStreamBeginCaptureToGraph_ptsz, s, g, deps, data, n, mode);
   capture_began(r);
   return r;
@@ -458,6 +480,18 @@ static void retire_marks(struct stream_entry *e) {
   }
 }
 
+/*
+ * Whether a mark may be recorded on the stream now (the caller has set marking). Not while a begin is
+ * under way, and while a capture runs not on the legacy stream: work there depends on every blocking
+ * stream, a capturing one included, which invalidates its capture (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT).
+ * Its marks wait for the capture's end; a capture the application never ends holds them back.
+ */
+static bool may_mark(const struct stream_entry *e, CUstream target) {
+  if (atomic_load(&capture_begins) > 0) return false;
+  if (atomic_load(&captures_active) == 0) return true;
+  return !e->default_stream && !capturing(target, false);
+}
+
 bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended) {
   bool outstanding = false;
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
@@ -474,9 +508,11 @@ bool gvm_streams_tick(uint64_t *submitted, uint64_t *ended) {
       if (st == STREAM_LIVE && atomic_load(&e->submitted) > e->marked && !ring_full(e) && ensure_events(e)) {
         /* the legacy stream is resolved through the current context */
         CUstream target = target_of(e);
-        if (GVM_REAL(cuCtxSetCurrent, e->ctx) == CUDA_SUCCESS &&
-            !(atomic_load(&captures_active) > 0 && capturing(target, false)))
-          record_mark(e, target);
+        if (GVM_REAL(cuCtxSetCurrent, e->ctx) == CUDA_SUCCESS) {
+          atomic_store(&marking, 1);
+          if (may_mark(e, target)) record_mark(e, target);
+          atomic_store(&marking, 0);
+        }
       }
       if (st == STREAM_DEAD && e->tail == e->head) atomic_store(&e->ended, atomic_load(&e->submitted));
       guard_unlock(e);
@@ -508,6 +544,8 @@ void gvm_launch_reset(void) {
   memset(streams, 0, sizeof streams);
   memset(graphs, 0, sizeof graphs);
   atomic_store(&captures_active, 0);
+  atomic_store(&capture_begins, 0);
+  atomic_store(&marking, 0);
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
     atomic_store(&folded_submitted[g], 0);
     atomic_store(&folded_ended[g], 0);

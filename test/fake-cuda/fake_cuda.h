@@ -138,8 +138,10 @@ struct CUstream_st {
     int worker_started;
     int destroying; /* cuStreamDestroy: finish queued work, then free */
     int dying;      /* context teardown: drop queued work now */
-    /* capture state, only touched by the capturing thread */
+    /* capture state: capture_graph and capture_invalid are atomic (other threads' work on the stream
+     * or on the legacy stream invalidates the capture); the rest only the capturing thread touches */
     CUgraph capture_graph;
+    int capture_invalid;
     CUgraphNode capture_last;
     cuuint64_t capture_id;
 };
@@ -212,6 +214,15 @@ int fake_vmm_range(uintptr_t addr, uintptr_t *base, size_t *size);
 
 /* ---- graphs (fake_cuda_graph.c) ---- */
 CUresult fake_graph_new(CUgraph *out);
+void fake_graph_release(CUgraph g);
+/* Before asynchronous work other than a kernel lands on stream s: 0 to go on, or the error to return.
+ * As the driver does, work a capturing stream cannot take is refused and invalidates the capture, and
+ * work on the legacy stream while a blocking stream of its context captures (an implicit dependency)
+ * answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT and invalidates that capture: the capture's end then
+ * answers CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. `kernel`: a kernel, which a capture takes. */
+CUresult fake_capture_check(CUstream s, int kernel);
+/* The graph a capture on s is building, or NULL. */
+CUgraph fake_capture_graph(CUstream s);
 /* Appends a kernel node that depends on *last (if any) and updates *last. */
 CUresult fake_graph_append_kernel(CUgraph g, CUfunction f, CUgraphNode *last);
 

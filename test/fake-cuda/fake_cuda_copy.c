@@ -69,8 +69,8 @@ static CUresult copy_async(uintptr_t dst, int dst_dev, uintptr_t src, int src_de
     CUresult r = fake_stream_resolve(h, &s);
     if (r)
         return r;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     if (n == 0)
         return CUDA_SUCCESS;
     if (!dst || !src || (dst_dev && !device_range_ok(dst, n)) || (src_dev && !device_range_ok(src, n)))

@@ -81,8 +81,8 @@ static CUresult event_record(CUevent e, CUstream h)
         return r;
     if (!event_valid(e))
         return CUDA_ERROR_INVALID_HANDLE;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     fake_op_t *op = fake_op_new(OP_EVENT_RECORD);
     if (!op)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -189,8 +189,8 @@ static CUresult stream_wait_event(CUstream h, CUevent e)
         return r;
     if (!event_valid(e))
         return CUDA_ERROR_INVALID_HANDLE;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     fake_op_t *op = fake_op_new(OP_EVENT_WAIT);
     if (!op)
         return CUDA_ERROR_OUT_OF_MEMORY;

@@ -120,6 +120,12 @@ CUresult cuGraphCreate(CUgraph *phGraph, unsigned int flags)
     return fake_graph_new(phGraph);
 }
 
+void fake_graph_release(CUgraph g)
+{
+    if (graph_valid(g))
+        graph_free(g);
+}
+
 CUresult cuGraphDestroy(CUgraph hGraph)
 {
     FAKE_ENTER(cuGraphDestroy);
@@ -376,8 +382,8 @@ static CUresult graph_launch(CUgraphExec e, CUstream h)
         return r;
     if (!e || e->magic != EXEC_MAGIC)
         return CUDA_ERROR_INVALID_VALUE;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     for (size_t i = 0; i < e->nkernels; i++) {
         fake_op_t *op = fake_op_new(OP_KERNEL);
         if (!op)

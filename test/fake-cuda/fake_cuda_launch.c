@@ -12,8 +12,11 @@ CUresult fake_launch(CUfunction f, CUstream h)
         return r;
     if (!fake_function_valid(f))
         return CUDA_ERROR_INVALID_HANDLE;
-    if (s->capture_graph)
-        return fake_graph_append_kernel(s->capture_graph, f, &s->capture_last);
+    CUgraph g = fake_capture_graph(s);
+    if (g)
+        return fake_graph_append_kernel(g, f, &s->capture_last);
+    if ((r = fake_capture_check(s, 1)))
+        return r;
     fake_op_t *op = fake_op_new(OP_KERNEL);
     if (!op)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -85,8 +88,8 @@ static CUresult launch_host(CUstream h, CUhostFn fn, void *data)
         return r;
     if (!fn)
         return CUDA_ERROR_INVALID_VALUE;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     fake_op_t *op = fake_op_new(OP_HOSTFN);
     if (!op)
         return CUDA_ERROR_OUT_OF_MEMORY;

@@ -109,8 +109,8 @@ static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool p, CUstr
         return r;
     if (!dptr || size == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     if (!p)
         p = fake_pool_default(s->ctx->device);
     pthread_mutex_lock(&g_mem);
@@ -179,8 +179,8 @@ static CUresult pool_free_async(CUdeviceptr dptr, CUstream h)
     CUresult r = fake_stream_resolve(h, &s);
     if (r)
         return r;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     pthread_mutex_lock(&g_mem);
     fake_block_t *b = fake_mem_find((uintptr_t)dptr);
     int ok = b && b->base == (uintptr_t)dptr && b->kind == MEM_POOL && !b->pool_free;

@@ -404,8 +404,8 @@ static CUresult stream_sync(CUstream h)
     CUresult r = fake_stream_resolve(h, &s);
     if (r)
         return r;
-    if (s->capture_graph)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if ((r = fake_capture_check(s, 0)))
+        return r;
     fake_stream_wait_idle(s);
     fake_pools_trim_device(s->ctx->device);
     return CUDA_SUCCESS;
