@@ -25,6 +25,7 @@ CHECKS=(
   "compute|240|bash test/gpu/compute_check.sh"
   "gvmd|180|bash test/gpu/gvmd_check.sh"
   "mps|150|bash test/gpu/mps_check.sh"
+  "capture|120|node dist/cli/gvm.js run --class latency -- \${PYTHON:-python3} test/gpu/capture_stress.py 150"
   "static_engine|180|\${PYTHON:-python3} bench/workloads/static_engine.py"
   "multi_gpu|240|bash test/gpu/multi_gpu_check.sh 20"
   "nccl_allreduce|300|bash test/gpu/nccl_allreduce.sh"
