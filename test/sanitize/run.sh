@@ -17,7 +17,7 @@ mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 CLI="node $ROOT/dist/cli/gvm.js"
 JOBS=${JOBS:-2}
-TARGETS="gvm fakecuda fakerm gvm-prog-direct gvm-prog-dlsym gvm-prog-procaddr gvm-memory-prog gvm-limit-race gvm-multi-gpu-check gvm-ipc-check gvm-channel-race"
+TARGETS="gvm fakecuda fakerm gvm-prog-direct gvm-prog-dlsym gvm-prog-procaddr gvm-memory-prog gvm-limit-race gvm-multi-gpu-check gvm-ipc-check gvm-channel-race gvm-capture-race"
 FAILED=0
 START=$(date +%s)
 
@@ -105,6 +105,8 @@ scenarios() {
   run ipc-check-1-0 GVM_MEMORY_MODE=swap GVM_RM_ANY_DRIVER=1 -- gvm-ipc-check 1 0
   run channel-race-thaw GVM_RM_ANY_DRIVER=1 -- gvm-channel-race thaw
   run channel-race-move GVM_MEMORY_MODE=swap GVM_RM_ANY_DRIVER=1 -- gvm-channel-race move
+  run capture-race GVM_RM_ANY_DRIVER=1 FAKE_CUDA_KERNEL_US=2000 -- gvm-capture-race 20
+  run capture-race-late-begin GVM_RM_ANY_DRIVER=1 FAKE_CUDA_KERNEL_US=2000 FAKE_CUDA_BEGIN_CAPTURE_DELAY_US=3000 -- gvm-capture-race 20 capturing-only
   if [ -f "$ROOT/dist/cli/gvm.js" ]; then steered; else say "  (no dist/: steered scenario skipped; npm run build)"; fi
 }
 
