@@ -107,6 +107,11 @@ t.test('a burst holds the best-effort process; the end of it releases the proces
   t.equal(stat.status, 0, stat.stderr);
   t.match(stat.stdout, new RegExp(`^holds ${bgpu.policy.holds}$`, 'm'), 'gvm get policy.stat shows the holds');
   t.match(stat.stdout, /^chain_p99_us \d+$/m, 'and the chain percentiles');
+  const chain = gvm(['get', `${bgpu.process.pid}`, 'policy.chain', '--json'], { GVM_SHM_DIR: shm });
+  t.equal(chain.status, 0, chain.stderr);
+  const buckets = JSON.parse(chain.stdout) as Record<string, number>;
+  t.equal(Object.values(buckets).reduce((a, b) => a + b, 0), bgpu.policy.holds, 'gvm get policy.chain: one chain per hold');
+  t.ok(Object.keys(buckets).every((k) => Number(k) % 100 === 0), 'by 100-us bucket');
   const events = gvm(['get', `${lpid}`, 'policy.events'], { GVM_SHM_DIR: shm });
   t.match(events.stdout, /busy 0 \d+\n.*idle 0 \d+/s, 'gvm get policy.events lists busy then idle');
 });

@@ -141,6 +141,9 @@ def run_case(case, job, a, tmp):
                     env, logs["srv"])
         be_ready = wait_file(f"{d}/be.ready", be, 240) if be else None
         srv_ready = wait_file(f"{d}/srv.ready", srv, 240) if srv else None
+        # the hold chains of the measured phases only: the server's start-up bursts (its graph captures,
+        # the job's first holds) are counted apart
+        chain0 = gvm_get(be_ready["pid"], "policy.chain") if be and gvm and be_ready else None
         open(f"{d}/start", "w").close()
         if srv:
             wait_file(f"{d}/srv.json", srv, a.idle + a.duration + 60)
@@ -153,6 +156,7 @@ def run_case(case, job, a, tmp):
         if be and gvm and be_ready:
             res["be_policy"] = gvm_get(be_ready["pid"], "policy.stat")
             res["be_events"] = gvm_get(be_ready["pid"], "policy.events")
+            res["be_chain_measured"] = chain_diff(chain0, gvm_get(be_ready["pid"], "policy.chain"))
             res["be_memory"] = {k: gvm_get(be_ready["pid"], k) for k in ("memory.current", "memory.swap.current")}
         if be:
             stop(be)
@@ -199,6 +203,25 @@ def run_case(case, job, a, tmp):
         res["be"].update(ballast_ok=b.get("ballast_ok"), ballast_gb=b.get("ballast_gb"), last_losses=b.get("losses"))
     res["logs"] = d
     return res
+
+
+def chain_diff(before, after):
+    """Chain histogram buckets (lower edge us -> count) gained between two `gvm get policy.chain` reads,
+    with their count and percentiles (upper bucket edges, as the agent's own percentiles are)."""
+    if not isinstance(before, dict) or not isinstance(after, dict) or "error" in before or "error" in after:
+        return None
+    gained = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    n = sum(gained.values())
+
+    def pct(q):
+        seen = 0
+        for edge in sorted(gained):
+            seen += gained[edge]
+            if seen >= q * n:
+                return edge + 100
+        return None
+    return {"holds": n, "p50_us": pct(0.5) if n else None, "p99_us": pct(0.99) if n else None,
+            "max_bucket_us": max(gained) if n else None, "buckets": gained}
 
 
 def chain_us(v):
@@ -293,6 +316,9 @@ def main():
             p = r["be_policy"]
             notes.append(f"holds {p['holds']}, chain p50/p99 {chain_us(p['chain_p50_us'])}/{chain_us(p['chain_p99_us'])} us"
                          f" (max {p.get('chain_max_us', 0)}), lent {p['memory_lent'] / 2**30:.1f} GiB")
+            m = r.get("be_chain_measured")
+            if m and m["holds"]:
+                notes.append(f"measured phases: {m['holds']} holds, chain p50/p99 {chain_us(m['p50_us'])}/{chain_us(m['p99_us'])} us")
         if b.get("ballast_gb"):
             notes.append(f"ballast {b['ballast_gb']:.0f} GiB {'intact' if b.get('ballast_ok') else 'CORRUPT'}")
         if s.get("grown_gb"):

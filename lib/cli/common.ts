@@ -81,6 +81,8 @@ Keys:
   policy.stat           the policy's counters: bursts, holds, held_ms, chain_last_us, chain_max_us,
                         chain_p50_us, chain_p99_us, memory_lent, memory_waits, held
   policy.events         the last 16 policy decisions, oldest first ("ms_ago kind pid value")
+  policy.chain          best-effort: the hold chains (a burst's first launch to this process held)
+                        by 100-us bucket, "from_us count" per non-empty bucket; the last is open
   kernels.submitted     kernels launched
   kernels.ended         kernels known to have finished
   kernels.pending       submitted - ended

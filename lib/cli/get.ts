@@ -14,6 +14,7 @@ export const GET_KEYS = [
   'policy.class',
   'policy.stat',
   'policy.events',
+  'policy.chain',
   'gcgroup.stat',
   'kernels.submitted',
   'kernels.ended',
@@ -51,6 +52,15 @@ function policyStat(g: GvmGpu): Record<string, number> {
   };
 }
 
+/** The hold-chain histogram's non-empty 100-us buckets, by lower edge in us (the top one is open). */
+function policyChain(g: GvmGpu): Record<string, number> {
+  const out: Record<string, number> = {};
+  g.policy.chainHistogram.forEach((n, i) => {
+    if (n > 0) out[String(i * 100)] = n;
+  });
+  return out;
+}
+
 function policyEvents(g: GvmGpu): string {
   const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as the agent stamps them
   return g.policy.events.map((e) => `${(Number(now - e.ns) / 1e6).toFixed(1)} ${e.kind} ${e.pid} ${e.value}`).join('\n');
@@ -60,6 +70,7 @@ function getValue(g: GvmGpu, key: GetKey): number | string | Record<string, numb
   if (key === 'policy.class') return g.policy.class;
   if (key === 'policy.stat') return policyStat(g);
   if (key === 'policy.events') return policyEvents(g);
+  if (key === 'policy.chain') return policyChain(g);
   const s = g.snapshot();
   switch (key) {
     case 'memory.current':
