@@ -501,6 +501,25 @@ for (const [name, args, env] of [
   });
 }
 
+t.test('a capture whose stream is destroyed without ending it does not keep later kernels pending', async (t) => {
+  const shm = tmpShm(t);
+  const child = spawn(path.join(FAKE, 'bin', 'gvm-capture-race'), ['abandon'], {
+    env: fakeEnv(shm, { GVM_RM_ANY_DRIVER: '1' }),
+  });
+  t.teardown(() => child.kill('SIGKILL'));
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  t.ok(await until(() => output.includes('abandoned'), 10000), `the program ran (${output.trim()})`);
+  using p = await Gvm.process(child.pid!, { shmDir: shm });
+  const g = p.gpu(0);
+  // without the destroy hook's bookkeeping the agent kept believing a capture ran and never marked
+  // the legacy stream again: 5 kernels stayed pending
+  t.ok(await until(() => g.snapshot().kernels.pending === 0, 5000), `no kernel pending (${g.snapshot().kernels.pending})`);
+  t.ok(g.snapshot().kernels.submitted >= 5, 'the legacy-stream kernels were counted');
+  child.stdin.end();
+});
+
 t.test("an MPS client (its work runs on the MPS server's channels): freeze holds launches, priority is refused", async (t) => {
   const shm = tmpShm(t);
   const env = { GVM_RM_ANY_DRIVER: '1', FAKE_CUDA_MPS_CLIENT: '1', CUDA_MPS_PIPE_DIRECTORY: mpsPipe(t) };

@@ -419,17 +419,21 @@ static CUstream target_of(const struct stream_entry *e) {
 }
 
 CUresult gvm_hook_cuStreamDestroy_v2(CUstream s) {
+  /* a capture its application abandons ends with its stream: it must not hold legacy marks back */
+  bool was_capturing = s && !is_default(s) && atomic_load(&captures_active) > 0 && capturing(s, false);
   struct stream_entry *e = (s && !is_default(s)) ? find((uint64_t)(uintptr_t)s) : NULL;
   if (e) {
     guard_lock(e);
     if (atomic_load(&e->state) == STREAM_LIVE) {
       /* a last mark so the launches still queued on the stream can be seen to end */
-      if (e->events_ctx == e->ctx) record_mark(e, s);
+      if (e->events_ctx == e->ctx && !was_capturing) record_mark(e, s);
       atomic_store(&e->state, STREAM_DEAD);
     }
     guard_unlock(e);
   }
-  return GVM_REAL(cuStreamDestroy_v2, s);
+  CUresult r = GVM_REAL(cuStreamDestroy_v2, s);
+  if (r == CUDA_SUCCESS) capture_ended(was_capturing);
+  return r;
 }
 
 /* Before a context is destroyed: its work is complete once the driver returns, its events die with it. */

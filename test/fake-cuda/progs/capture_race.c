@@ -7,7 +7,10 @@
  * which opens the window between the capture's start and the agent's bookkeeping of it.
  *
  * Usage: gvm-capture-race [ROUNDS] [capturing-only]: with capturing-only, no work on the legacy stream
- * (only the capturing stream's own marks can hit the capture). Prints `captures N ok N invalidated N`, then the kernels the
+ * (only the capturing stream's own marks can hit the capture).
+ *        gvm-capture-race abandon: begins a capture, destroys its stream without ending it, then runs
+ * 5 kernels on the legacy stream, synchronizes, prints `abandoned` and waits for stdin to close (the
+ * test reads kernels.pending meanwhile: the abandoned capture must not keep them pending). Prints `captures N ok N invalidated N`, then the kernels the
  * replayed graphs ran, `graph-kernels N`. Exit 1 on a setup failure only: the test judges. */
 #define _GNU_SOURCE
 #include <cuda.h>
@@ -50,6 +53,20 @@ int main(int argc, char **argv) {
   CK(cuModuleLoadData(&mod, "fake fatbin: the fake driver accepts any image"));
   CK(cuModuleGetFunction(&f, mod, "gvm_test_kernel"));
   CK(cuStreamCreate(&blocking, CU_STREAM_DEFAULT));
+  if (argc > 1 && strcmp(argv[1], "abandon") == 0) {
+    CUstream doomed;
+    CK(cuStreamCreate(&doomed, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamBeginCapture(doomed, CU_STREAM_CAPTURE_MODE_RELAXED));
+    launch(f, doomed, 2);
+    CK(cuStreamDestroy(doomed));
+    launch(f, NULL, 5);
+    CK(cuCtxSynchronize());
+    printf("abandoned\n");
+    fflush(stdout);
+    while (getchar() != EOF) {
+    }
+    return 0;
+  }
   int ok = 0, invalidated = 0, replayed = 0;
   for (int i = 0; i < rounds; i++) {
     if (legacy) launch(f, NULL, 2); /* work the event thread wants to mark, on both streams */
