@@ -488,7 +488,8 @@ static void retire_marks(struct stream_entry *e) {
  * Whether a mark may be recorded on the stream now (the caller has set marking). Not while a begin is
  * under way, and while a capture runs not on the legacy stream: work there depends on every blocking
  * stream, a capturing one included, which invalidates its capture (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT).
- * Its marks wait for the capture's end; a capture the application never ends holds them back.
+ * Its marks wait for the capture's end (or its stream's destruction): a capture the application neither
+ * ends nor destroys holds them back.
  */
 static bool may_mark(const struct stream_entry *e, CUstream target) {
   if (atomic_load(&capture_begins) > 0) return false;
