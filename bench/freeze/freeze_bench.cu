@@ -104,56 +104,58 @@ int main(int argc, char **argv) {
   *counter = 0;
   bump<<<1, 32>>>(counter, stop, out);
   while (*counter == 0) {}
+  // Sends compute.freeze = value from another thread while `watch` runs here from the moment it goes
+  // out: the GPU stops (or runs again) once the agent's RM control returns, before its answer wakes
+  // the sender. Returns false (and counts a failure) when the agent refused.
+  struct Sent {
+    double issued, answered;
+  };
+  auto send_watching = [&](unsigned value, auto watch, Sent &sent) {
+    int st = -1;
+    sent = {now_us(), 0};
+    std::thread sender([&] {
+      st = command(GVM_KEY_COMPUTE_FREEZE, value, msg);
+      sent.answered = now_us();
+    });
+    watch(sent.issued);
+    sender.join();
+    if (st == 0) return true;
+    printf("FAIL %s status %d: %s\n", value ? "freeze" : "thaw", st, msg);
+    failures++;
+    return false;
+  };
   int zero_progress_violations = 0;
   for (int i = 0; i < cycles; i++) {
     usleep(10000);
-    // the command goes out on another thread while this one watches the counter from the moment
-    // it was issued: the GPU's last step may come before the command returns
-    double t0 = now_us(), t1 = 0;
-    int st = -1;
-    unsigned long long last = *counter;
-    double last_change = t0;
-    std::thread sender([&] {
-      st = command(GVM_KEY_COMPUTE_FREEZE, 1, msg);
-      t1 = now_us();
-    });
-    while (now_us() - t0 < 25000) {
-      unsigned long long v = *counter;
-      if (v != last) {
-        last = v;
-        last_change = now_us();
+    Sent sent;
+    double last_change = 0;
+    bool ok = send_watching(1, [&](double t0) {
+      unsigned long long last = *counter;
+      last_change = t0;
+      while (now_us() - t0 < 25000) {
+        unsigned long long v = *counter;
+        if (v != last) {
+          last = v;
+          last_change = now_us();
+        }
       }
-    }
-    sender.join();
-    if (st != 0) {
-      printf("FAIL freeze status %d: %s\n", st, msg);
-      failures++;
-      break;
-    }
+    }, sent);
+    if (!ok) break;
     rm_time_us(msg, rm_freeze_us);
-    freeze_us.push_back(last_change - t0);
-    cmd_freeze_us.push_back(t1 - t0);
+    freeze_us.push_back(last_change - sent.issued);
+    cmd_freeze_us.push_back(sent.answered - sent.issued);
     unsigned long long frozen_at = *counter;
     usleep(20000);
     if (*counter != frozen_at) zero_progress_violations++;
-    // as for the freeze, the counter is watched from the moment the command goes out: the GPU runs
-    // again once the agent's RM control returns, before the agent's answer wakes the sender
-    double t2 = now_us(), t3 = 0;
-    std::thread thawer([&] {
-      st = command(GVM_KEY_COMPUTE_FREEZE, 0, msg);
-      t3 = now_us();
-    });
-    while (*counter == frozen_at && now_us() - t2 < 1e6) {}
-    double first_change = now_us();
-    thawer.join();
-    if (st != 0) {
-      printf("FAIL thaw status %d: %s\n", st, msg);
-      failures++;
-      break;
-    }
+    double first_change = 0;
+    ok = send_watching(0, [&](double t0) {
+      while (*counter == frozen_at && now_us() - t0 < 1e6) {}
+      first_change = now_us();
+    }, sent);
+    if (!ok) break;
     rm_time_us(msg, rm_thaw_us);
-    thaw_us.push_back(first_change - t2);
-    cmd_thaw_us.push_back(t3 - t2);
+    thaw_us.push_back(first_change - sent.issued);
+    cmd_thaw_us.push_back(sent.answered - sent.issued);
   }
   *stop = 1;
   cudaError_t e = cudaDeviceSynchronize();

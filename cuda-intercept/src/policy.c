@@ -432,8 +432,8 @@ static void *policy_main(void *arg) {
     if (wait > 1000 * MS) wait = 1000 * MS;
     if (gvm_config.policy_spin_us > 0 && klass == GVM_CLASS_BEST_EFFORT && !held) {
       uint64_t spin = (uint64_t)gvm_config.policy_spin_us * 1000;
-      if (spin_for_change(b, seq, spin < wait ? spin : wait)) continue;
-      if (spin >= wait) continue; /* the poll covered the whole wait: decide again */
+      if (spin > wait) spin = wait;
+      if (spin_for_change(b, seq, spin) || spin == wait) continue; /* a change, or the whole wait polled */
       wait -= spin;
     }
     struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull), .tv_nsec = (long)(wait % 1000000000ull)};

@@ -215,12 +215,13 @@ int fake_vmm_range(uintptr_t addr, uintptr_t *base, size_t *size);
 /* ---- graphs (fake_cuda_graph.c) ---- */
 CUresult fake_graph_new(CUgraph *out);
 void fake_graph_release(CUgraph g);
-/* Before asynchronous work other than a kernel lands on stream s: 0 to go on, or the error to return.
- * As the driver does, work a capturing stream cannot take is refused and invalidates the capture, and
- * work on the legacy stream while a blocking stream of its context captures (an implicit dependency)
- * answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT and invalidates that capture: the capture's end then
- * answers CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. `kernel`: a kernel, which a capture takes. */
-CUresult fake_capture_check(CUstream s, int kernel);
+/* Before asynchronous work a capture does not take (all but kernels, which the launch path captures
+ * itself) lands on stream s: 0 to go on, or the error to return. As the driver does, such work on a
+ * capturing stream is refused and invalidates the capture, and work on the legacy stream while a
+ * blocking stream of its context captures (an implicit dependency) answers
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT and invalidates that capture: the capture's end then answers
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. */
+CUresult fake_capture_check(CUstream s);
 /* The graph a capture on s is building, or NULL. */
 CUgraph fake_capture_graph(CUstream s);
 /* Appends a kernel node that depends on *last (if any) and updates *last. */

@@ -35,9 +35,9 @@ static int invalidate_blocking_captures(CUcontext ctx)
     return hit;
 }
 
-CUresult fake_capture_check(CUstream s, int kernel)
+CUresult fake_capture_check(CUstream s)
 {
-    if (!kernel && fake_capture_graph(s)) {
+    if (fake_capture_graph(s)) {
         __atomic_store_n(&s->capture_invalid, 1, __ATOMIC_RELEASE);
         return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     }

@@ -69,7 +69,7 @@ static CUresult copy_async(uintptr_t dst, int dst_dev, uintptr_t src, int src_de
     CUresult r = fake_stream_resolve(h, &s);
     if (r)
         return r;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     if (n == 0)
         return CUDA_SUCCESS;

@@ -81,7 +81,7 @@ static CUresult event_record(CUevent e, CUstream h)
         return r;
     if (!event_valid(e))
         return CUDA_ERROR_INVALID_HANDLE;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     fake_op_t *op = fake_op_new(OP_EVENT_RECORD);
     if (!op)
@@ -189,7 +189,7 @@ static CUresult stream_wait_event(CUstream h, CUevent e)
         return r;
     if (!event_valid(e))
         return CUDA_ERROR_INVALID_HANDLE;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     fake_op_t *op = fake_op_new(OP_EVENT_WAIT);
     if (!op)

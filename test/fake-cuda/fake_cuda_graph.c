@@ -382,7 +382,7 @@ static CUresult graph_launch(CUgraphExec e, CUstream h)
         return r;
     if (!e || e->magic != EXEC_MAGIC)
         return CUDA_ERROR_INVALID_VALUE;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     for (size_t i = 0; i < e->nkernels; i++) {
         fake_op_t *op = fake_op_new(OP_KERNEL);

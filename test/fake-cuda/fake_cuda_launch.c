@@ -15,7 +15,7 @@ CUresult fake_launch(CUfunction f, CUstream h)
     CUgraph g = fake_capture_graph(s);
     if (g)
         return fake_graph_append_kernel(g, f, &s->capture_last);
-    if ((r = fake_capture_check(s, 1)))
+    if ((r = fake_capture_check(s)))
         return r;
     fake_op_t *op = fake_op_new(OP_KERNEL);
     if (!op)
@@ -88,7 +88,7 @@ static CUresult launch_host(CUstream h, CUhostFn fn, void *data)
         return r;
     if (!fn)
         return CUDA_ERROR_INVALID_VALUE;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     fake_op_t *op = fake_op_new(OP_HOSTFN);
     if (!op)

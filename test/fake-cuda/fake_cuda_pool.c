@@ -109,7 +109,7 @@ static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool p, CUstr
         return r;
     if (!dptr || size == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     if (!p)
         p = fake_pool_default(s->ctx->device);
@@ -179,7 +179,7 @@ static CUresult pool_free_async(CUdeviceptr dptr, CUstream h)
     CUresult r = fake_stream_resolve(h, &s);
     if (r)
         return r;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     pthread_mutex_lock(&g_mem);
     fake_block_t *b = fake_mem_find((uintptr_t)dptr);

@@ -404,7 +404,7 @@ static CUresult stream_sync(CUstream h)
     CUresult r = fake_stream_resolve(h, &s);
     if (r)
         return r;
-    if ((r = fake_capture_check(s, 0)))
+    if ((r = fake_capture_check(s)))
         return r;
     fake_stream_wait_idle(s);
     fake_pools_trim_device(s->ctx->device);
