@@ -145,6 +145,7 @@ def main():
         r = run_case(name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", ""), tmp, a.seconds, **kw)
         r["case"] = name
         results.append(r)
+        print(f"[colocation-micro] {json.dumps(r)}", flush=True)  # a run cut short still leaves its cases
     by = {r["case"]: r for r in results}
     default_lo = by["both, default"].get("lo_tflops") or float("nan")
     print("\n| case | hi p50 ms | hi p99 ms | hi max ms | lo TFLOP/s | lo vs default | settings applied |")

@@ -19,14 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#define CK(call)                                                      \
-  do {                                                                \
-    CUresult r_ = (call);                                             \
-    if (r_ != CUDA_SUCCESS) {                                         \
-      fprintf(stderr, "FAIL %s: %d (line %d)\n", #call, r_, __LINE__); \
-      exit(1);                                                        \
-    }                                                                 \
-  } while (0)
+#include "prog_check.h"
 
 static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -41,15 +34,10 @@ static void launch(CUfunction f, CUstream s, int n) {
 int main(int argc, char **argv) {
   int rounds = argc > 1 ? atoi(argv[1]) : 40;
   int legacy = !(argc > 2 && strcmp(argv[2], "capturing-only") == 0);
-  CUdevice dev;
-  CUcontext ctx;
   CUmodule mod;
   CUfunction f;
   CUstream blocking;
-  CK(cuInit(0));
-  CK(cuDeviceGet(&dev, 0));
-  CK(cuDevicePrimaryCtxRetain(&ctx, dev));
-  CK(cuCtxSetCurrent(ctx));
+  prog_open_gpu(0, NULL);
   CK(cuModuleLoadData(&mod, "fake fatbin: the fake driver accepts any image"));
   CK(cuModuleGetFunction(&f, mod, "gvm_test_kernel"));
   CK(cuStreamCreate(&blocking, CU_STREAM_DEFAULT));

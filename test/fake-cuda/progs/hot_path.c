@@ -50,6 +50,7 @@
 
 #include "gvm/control_block.h"
 #include "gvm/self_command.h"
+#include "prog_check.h"
 
 #if !defined(__x86_64__)
 #error "gvm-hot-path traps system calls with x86_64 assembly"
@@ -57,15 +58,6 @@
 
 int fakeCudaInDriver(void);
 int fakeCudaHoldGpu(int hold);
-
-#define CK(call)                                                                 \
-    do {                                                                         \
-        CUresult r_ = (call);                                                    \
-        if (r_ != CUDA_SUCCESS) {                                                \
-            fprintf(stderr, "FAIL %s %d (line %d)\n", #call, (int)r_, __LINE__); \
-            exit(1);                                                             \
-        }                                                                        \
-    } while (0)
 
 /* ---- what was caught ---- */
 enum what { W_SYSCALL, W_LOCK, W_ALLOC, W_KINDS };
@@ -431,12 +423,8 @@ int main(int argc, char **argv)
     sa.sa_flags = SA_SIGINFO;
     sigaction(SIGSYS, &sa, NULL);
 
-    CUdevice dev;
     CUmodule mod;
-    CK(cuInit(0));
-    CK(cuDeviceGet(&dev, 0));
-    CK(cuDevicePrimaryCtxRetain(&g_ctx, dev));
-    CK(cuCtxSetCurrent(g_ctx));
+    g_ctx = prog_open_gpu(0, NULL);
     struct gvm_control_block *block = open_block();
     CK(cuModuleLoadData(&mod, "hot-path"));
     CK(cuModuleGetFunction(&g_fn, mod, "k"));

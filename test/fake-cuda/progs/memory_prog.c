@@ -36,6 +36,7 @@
 
 #include "gvm/control_block.h"
 #include "gvm/self_command.h"
+#include "prog_check.h"
 
 #define MiB ((size_t)1 << 20)
 #define GRAN (2 * MiB)
@@ -48,15 +49,6 @@ static CUdevice g_dev;
 static int g_gpu; /* gpu=N: the ordinal every scenario runs on (default 0) */
 static int g_bad;
 static pthread_mutex_t g_print = PTHREAD_MUTEX_INITIALIZER;
-
-#define CK(call)                                                                   \
-    do {                                                                           \
-        CUresult r_ = (call);                                                      \
-        if (r_ != CUDA_SUCCESS) {                                                  \
-            fprintf(stderr, "FAIL %s %d (line %d)\n", #call, (int)r_, __LINE__);   \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
 
 static void bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void bad(const char *fmt, ...)
@@ -92,10 +84,7 @@ static int arg_int(int argc, char **argv, const char *key, int fallback)
 
 static void open_gpu_for(int need_block)
 {
-    CK(cuInit(0));
-    CK(cuDeviceGet(&g_dev, g_gpu));
-    CK(cuDevicePrimaryCtxRetain(&g_ctx, g_dev));
-    CK(cuCtxSetCurrent(g_ctx));
+    g_ctx = prog_open_gpu(g_gpu, &g_dev);
     char path[512];
     gvm_self_block_path(path, sizeof path);
     int fd = open(path, O_RDONLY);
