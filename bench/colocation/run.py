@@ -295,6 +295,7 @@ def main():
         results.append(r)
         brief = {k: v for k, v in r.get("server", {}).items() if k not in ("ttft", "tpot", "grow_ms")}
         say(f"  {r['wall_s']} s server={brief} be={r.get('be')} policy={r.get('be_policy')}")
+        save(a, total_gib, results, with_plot=False)  # a run cut short by its time limit keeps its cases
 
     by = {r["case"]: r for r in results}
     alone = by.get("server-alone", {}).get("server", {})
@@ -340,13 +341,20 @@ def main():
         if b.get("ttft_p99") and g.get("ttft_p99"):
             print(f"gvm-auto vs {base}: p99 TTFT {b['ttft_p99'] / g['ttft_p99']:.1f}x better, p99 TPOT {b['tpot_p99'] / g['tpot_p99']:.1f}x better")
 
+    save(a, total_gib, results, with_plot=True)
+
+
+def save(a, total_gib, results, with_plot):
     out = {"job": a.job, "gpu": gpu_name(), "gpu_gib": total_gib, "swap_limit": a.swap_limit, "ballast_gb": a.ballast_gb,
-           "grow_gb": a.grow_gb, "prewarm_gb": a.prewarm_gb, "rate": a.rate, "engine": a.engine, "duration_s": a.duration, "idle_s": a.idle, "idle_ms": a.idle_ms, "results": results}
+           "grow_gb": a.grow_gb, "prewarm_gb": a.prewarm_gb, "rate": a.rate, "engine": a.engine, "duration_s": a.duration,
+           "idle_s": a.idle, "idle_ms": a.idle_ms, "cases_asked": a.cases.split(","), "results": results}
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     name = f"colocation-{a.job}" + (f"-{a.tag}" if a.tag else "")
     for dest in filter(None, [os.path.join(ROOT, "bench", "results"), os.environ.get("OUT")]):
         with open(os.path.join(dest, f"{name}.json"), "w") as f:
             json.dump(out, f, indent=1)
+        if not with_plot:
+            continue
         try:
             plot(results, a.job, os.path.join(dest, f"{name}.png"))
         except Exception as e:  # the numbers matter more than the picture
