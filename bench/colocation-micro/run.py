@@ -1,6 +1,7 @@
 """bench/colocation-micro: a latency-critical process beside a GPU-saturating one, both under gvm,
 in one run: alone, default sharing, best-effort at priority 12 and 15, latency-critical at 0, and
-best-effort frozen. Prints a table; writes bench/results/colocation-micro.json (and $OUT).
+best-effort frozen; then the latency side's requests as one CUDA graph, alone and beside priority
+15 (how much of the interference is the launch gaps a time-sliced neighbour runs in). Prints a table; writes bench/results/colocation-micro.json (and $OUT).
 Usage: run.py [--seconds S]: how long the latency-critical side measures in each case (default 6:
 600 requests, so p99 is the 6th slowest; the two "alone" runs differed 2x at p99 on the H100)."""
 import argparse
@@ -79,7 +80,7 @@ def lo_rate(log, t0, t1):
     return (nb - na) * FLOP_PER_MATMUL / (tb - ta) / 1e12
 
 
-def run_case(name, tmp, seconds, with_lo=True, with_hi=True, lo_prio=None, hi_prio=None, lo_frozen=False):
+def run_case(name, tmp, seconds, with_lo=True, with_hi=True, lo_prio=None, hi_prio=None, lo_frozen=False, hi_graph=False):
     lo = lo_pid = None
     lo_log = os.path.join(tmp, f"{name}-lo.log")
     applied = {}
@@ -94,7 +95,7 @@ def run_case(name, tmp, seconds, with_lo=True, with_hi=True, lo_prio=None, hi_pr
         result = {"case": name}
         if with_hi:
             out = os.path.join(tmp, f"{name}-hi.json")
-            hi, hi_pid = start("hi.py", "--out", out, "--seconds", str(seconds))
+            hi, hi_pid = start("hi.py", "--out", out, "--seconds", str(seconds), *(["--graph"] if hi_graph else []))
             if hi_prio is not None:
                 gvm("set", str(hi_pid), "compute.priority", str(hi_prio))
                 applied["hi_priority"] = int(gvm("get", str(hi_pid), "compute.priority"))
@@ -137,6 +138,9 @@ def main():
         ("hi priority 0", dict(hi_prio=0)),
         ("hi 0, lo 15", dict(hi_prio=0, lo_prio=15)),
         ("lo frozen", dict(lo_frozen=True)),
+        # the same requests as one CUDA graph: what is left of the interference without launch gaps
+        ("hi graphed alone", dict(with_lo=False, hi_graph=True)),
+        ("hi graphed, lo 15", dict(hi_graph=True, lo_prio=15)),
         ("hi alone (again)", dict(with_lo=False)),
     ]
     results = []
@@ -160,6 +164,9 @@ def main():
     ok_thr = p15["lo_tflops"] >= 0.97 * default_lo
     print(f"\ntarget: lo at priority 15 keeps hi p99 within 1.5x of alone: {p15['hi_p99']:.2f} vs {alone_p99:.2f} ms "
           f"({p15['hi_p99'] / alone_p99:.2f}x): {'met' if ok_lat else 'MISSED'}")
+    g_alone, g15 = by["hi graphed alone"].get("hi_p99"), by["hi graphed, lo 15"].get("hi_p99")
+    if g_alone and g15:
+        print(f"graphed requests: lo at priority 15 puts hi p99 at {g15:.2f} vs {g_alone:.2f} ms alone ({g15 / g_alone:.2f}x)")
     print(f"target: lo throughput at priority 15 within 3% of default: {p15['lo_tflops']:.0f} vs {default_lo:.0f} TFLOP/s "
           f"({100 * p15['lo_tflops'] / default_lo:.1f}%): {'met' if ok_thr else 'MISSED'}")
     doc = {"seconds": a.seconds, "results": results, "targets": {"hi_p99_ratio": p15["hi_p99"] / alone_p99, "lo_share_of_default":
