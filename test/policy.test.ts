@@ -3,6 +3,7 @@
 // releases it; death mid-burst, exit, a user's freeze, throttle, class changes and memory lending.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
 
@@ -281,6 +282,44 @@ t.test('memory: a latency allocation the GPU cannot satisfy makes a best-effort 
   t.ok(await until(() => bgpu.memory.swapCurrent === 0, 3000), 'back on the GPU');
   m = best.send('verify');
   t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact after the round trip');
+});
+
+/** bDisable of each disable-channels control in an RM log, in order (1 = stop, 0 = enable). */
+function disableSequence(log: string): number[] {
+  if (!fs.existsSync(log)) return [];
+  return fs
+    .readFileSync(log, 'utf8')
+    .split('\n')
+    .filter((l) => l.toLowerCase().includes(RM_DISABLE_CHANNELS) && l.includes('control'))
+    .map((l) => Buffer.from(/params=([0-9a-f]+)/i.exec(l)?.[1] ?? '', 'hex')[0] ?? -1);
+}
+
+t.test("a burst during a best-effort process's swap move: the move's stopped channels become the hold", async (t) => {
+  // Each copy of the move takes 300 ms, so the move keeps control_lock (and every channel of the job
+  // stopped) for about a second. Before the handover, the hold waited for the move's end, the move's
+  // end enabled the channels, and the hold stopped them again: the job ran between the two, and the
+  // chain counted the whole wait although the job had been stopped all along.
+  const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-policy-rm-'));
+  t.teardown(() => fs.rmSync(logDir, { recursive: true, force: true }));
+  const log = path.join(logDir, 'rm.log');
+  const { latency, best, bgpu } = await pair(t, { GVM_MEMORY_MODE: 'swap', FAKE_CUDA_COPY_US: '300000', FAKE_RM_LOG: log }, {}, 'buffers count=4 mib=8');
+  await until(() => !bgpu.policy.held, 3000);
+  const holds0 = bgpu.policy.holds;
+  const before = disableSequence(log).length;
+  const moving = bgpu.setMemoryLimit(8 << 20); // three of the four buffers go to the host
+  t.ok(await until(() => disableSequence(log).length > before, 5000), "the move stopped the job's channels");
+  latency.send('hold');
+  latency.send('launch 3');
+  t.ok(await until(() => bgpu.policy.holds === holds0 + 1, 10000), 'the burst held the job');
+  await moving;
+  t.ok(bgpu.memory.swapCurrent >= 24 << 20, `the move finished (${bgpu.memory.swapCurrent >> 20} MiB on the host)`);
+  t.ok(bgpu.policy.held, 'still held after the move');
+  t.ok(bgpu.policy.chain.lastUs < 200_000, `the hold counts from when the move stopped the job, not from the move's end (chain ${bgpu.policy.chain.lastUs} us; the move took ~1 s)`);
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 5000), 'released after the burst');
+  t.same(disableSequence(log).slice(before), [1, 0], "one stop (the move's), one enable (the release's): the job never ran between the move and the hold");
+  const m = best.send('verify');
+  t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact');
 });
 
 t.test('gvm top shows who is held and what the policy did', async (t) => {

@@ -77,6 +77,16 @@ static _Atomic uint32_t stop_gen[GVM_MAX_GPUS];
 static void stop_state_changed(int gpu) { atomic_fetch_add(&stop_gen[gpu], 1u); }
 /* the mover's quiet window is open on this GPU (gvm_compute_quiesce .. gvm_compute_resume) */
 static _Atomic int quiet[GVM_MAX_GPUS];
+/*
+ * A policy hold asked for while the mover held control_lock: a move lasts tens of milliseconds (seconds
+ * when cold), and its quiet window already stops every channel, so the window's end hands its stopped
+ * channels to the hold instead of enabling them for the moment until the hold's own controls land.
+ * quiet_stopped_ns is when the open window's stop of the channels completed (0 while none was stopped:
+ * a window over no channel hands nothing over): there the hold took effect.
+ */
+static _Atomic bool hold_asked[GVM_MAX_GPUS];
+static _Atomic uint64_t quiet_stopped_ns[GVM_MAX_GPUS];
+static uint64_t handed_ns[GVM_MAX_GPUS]; /* under control_lock: when a handed-over hold took effect */
 
 /* The user froze this GPU through the RM path: its channels are disabled and stay so. */
 static bool rm_frozen(int gpu) {
@@ -433,11 +443,20 @@ bool gvm_compute_quiesce(int gpu) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "cannot stop the process's channels for a move (RM status %#x)", st);
     return false;
   }
+  atomic_store(&quiet_stopped_ns[gpu], gvm_now_ns());
   return true;
 }
 
 void gvm_compute_resume(int gpu) {
   struct gvm_rm_target t;
+  uint64_t stopped = atomic_exchange(&quiet_stopped_ns[gpu], 0);
+  /* only a window that stopped every channel (not GVM_SWAP_QUIESCE=compute) leaves what a hold needs;
+   * the hold's state goes in before the window's comes out, so new channels never see neither */
+  if (atomic_load(&hold_asked[gpu]) && !policy_hold[gpu] && quiet[gpu] && stopped) {
+    policy_hold[gpu] = 1;
+    handed_ns[gpu] = stopped;
+    stop_state_changed(gpu);
+  }
   if (quiet[gpu]) set_quiet(gpu, 0);
   /* as quiesce decided: what the user's RM freeze or the policy holds stays stopped */
   bool stays_stopped = rm_frozen(gpu) || channels_held(gpu);
@@ -512,12 +531,20 @@ static uint32_t set_all_timeslices(const struct gvm_rm_target *t, int priority) 
   return 0;
 }
 
-uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
+uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, uint64_t *stopped_ns) {
   uint32_t st = 0;
+  if (hold && !throttle) atomic_store(&hold_asked[gpu], true);
   pthread_mutex_lock(&control_lock);
+  atomic_store(&hold_asked[gpu], false);
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   struct gvm_rm_target t;
   bool have = driver_verified() && gvm_rm_snapshot(gpu, &t) && t.nchan > 0;
+  if (hold && policy_hold[gpu] == 1 && handed_ns[gpu]) { /* a move's end handed its stopped channels over */
+    if (stopped_ns) *stopped_ns = handed_ns[gpu];
+    handed_ns[gpu] = 0;
+    pthread_mutex_unlock(&control_lock);
+    return 0;
+  }
   if (hold && !policy_hold[gpu]) {
     bool user_frozen = GVM_LOAD(&b->frozen);
     if (throttle && !have)
@@ -545,6 +572,7 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
   } else if (!hold && policy_hold[gpu]) {
     int was = policy_hold[gpu];
     policy_hold[gpu] = 0;
+    handed_ns[gpu] = 0;
     stop_state_changed(gpu);
     if (was == 3 && have) st = set_all_timeslices(&t, GVM_LOAD(&b->priority));
     else if (was == 1 && have && !GVM_LOAD(&b->frozen) && gvm_rm_snapshot(gpu, &t)) /* again, after the state */
@@ -552,6 +580,7 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle) {
     else if (was == 2 && !(GVM_LOAD(&b->frozen) && GVM_LOAD(&b->control_mode) == GVM_CONTROL_SOFTWARE))
       soft_thaw(gpu);
   }
+  if (stopped_ns) *stopped_ns = gvm_now_ns();
   pthread_mutex_unlock(&control_lock);
   return st;
 }
@@ -571,7 +600,7 @@ void gvm_launch_gate_wait(void) {
 void gvm_compute_release_all(void) {
   if (!gvm_block) return;
   for (int g = 0; g < GVM_MAX_GPUS; g++) {
-    if (policy_hold[g]) gvm_compute_policy_hold(g, false, false);
+    if (policy_hold[g]) gvm_compute_policy_hold(g, false, false, NULL);
     if (!GVM_LOAD(&gvm_block->gpu[g].frozen)) continue;
     char msg[GVM_MESSAGE_MAX];
     gvm_compute_freeze(g, false, msg, sizeof msg);
@@ -581,6 +610,9 @@ void gvm_compute_release_all(void) {
 void gvm_compute_reset(void) {
   atomic_store(&gvm_soft_frozen_mask, 0);
   memset(policy_hold, 0, sizeof policy_hold);
+  memset(hold_asked, 0, sizeof hold_asked);
+  memset(quiet_stopped_ns, 0, sizeof quiet_stopped_ns);
+  memset(handed_ns, 0, sizeof handed_ns);
   memset(quiet, 0, sizeof quiet); /* a fork during a move: the child has no mover and no move */
   pthread_mutex_init(&control_lock, NULL);
 }

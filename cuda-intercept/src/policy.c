@@ -404,18 +404,18 @@ static void *policy_main(void *arg) {
     else if (held)
       step = GVM_STEP_RELEASE;
     if (step == GVM_STEP_HOLD) {
-      uint32_t st = gvm_compute_policy_hold(gpu, true, gvm_config.policy_throttle);
-      uint64_t done = gvm_now_ns();
+      uint64_t done = 0;
+      uint32_t st = gvm_compute_policy_hold(gpu, true, gvm_config.policy_throttle, &done);
       if (st == 0) {
         held = true;
-        held_since = done;
+        held_since = gvm_now_ns();
         record_hold(gpu, v.hot_pid, v.hot_since_ns && done > v.hot_since_ns ? done - v.hot_since_ns : 0);
       } else {
         GVM_LOG_ONCE(GVM_LOG_WARN, "policy could not hold GPU %d (RM status %#x); retrying", gpu, st);
         wait = 100 * MS;
       }
     } else if (step == GVM_STEP_RELEASE) {
-      gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle);
+      gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle, NULL);
       held = false;
       uint64_t t = gvm_now_ns() - held_since;
       GVM_ADD(&gb->policy.held_ns, t);
@@ -439,7 +439,7 @@ static void *policy_main(void *arg) {
     struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull), .tv_nsec = (long)(wait % 1000000000ull)};
     gvm_futex(&b->seq, FUTEX_WAIT, seq, &ts);
   }
-  if (held) gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle);
+  if (held) gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle, NULL);
   GVM_STORE(&gb->policy.held, 0u);
   __atomic_sub_fetch(&b->waiters, 1, __ATOMIC_SEQ_CST);
   return NULL;

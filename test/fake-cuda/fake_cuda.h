@@ -56,6 +56,7 @@ typedef struct {
 extern int g_fake_device_count;
 extern fake_device_t g_fake_devices[FAKE_MAX_DEVICES];
 extern unsigned g_fake_kernel_us;
+extern unsigned g_fake_copy_us;
 /* FAKE_CUDA_MPS_CLIENT=1: like an MPS client, contexts run on channels this process does not own
  * (the MPS server's), so its RM client never allocates channel groups or channels */
 extern int g_fake_mps_client;

@@ -11,6 +11,7 @@
 int g_fake_device_count;
 fake_device_t g_fake_devices[FAKE_MAX_DEVICES];
 unsigned g_fake_kernel_us;
+unsigned g_fake_copy_us;
 int g_fake_mps_client;
 
 static atomic_int g_initialized;
@@ -60,6 +61,7 @@ CUresult cuInit(unsigned int Flags)
             atomic_store(&g_fake_devices[i].used, others < total ? others : total);
         }
         g_fake_kernel_us = (unsigned)env_ull("FAKE_CUDA_KERNEL_US", 0);
+        g_fake_copy_us = (unsigned)env_ull("FAKE_CUDA_COPY_US", 0);
         g_fake_mps_client = env_ull("FAKE_CUDA_MPS_CLIENT", 0) != 0;
         if (env_ull("FAKE_CUDA_HOLD", 0))
             fakeCudaHoldGpu(1);

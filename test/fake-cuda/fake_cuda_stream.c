@@ -180,6 +180,8 @@ static void execute(fake_op_t *op)
             sleep_us(g_fake_kernel_us);
         break;
     case OP_COPY:
+        if (g_fake_copy_us)
+            sleep_us(g_fake_copy_us);
         memmove(op->u.copy.dst, op->u.copy.src, op->u.copy.n);
         break;
     case OP_HOSTFN:
