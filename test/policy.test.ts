@@ -284,6 +284,13 @@ t.test('memory: a latency allocation the GPU cannot satisfy makes a best-effort 
   t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact after the round trip');
 });
 
+/** A fresh path for the fake RM's log of one program (pair() shares its block directory). */
+function rmLog(t: Tap.Test): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-policy-rm-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return path.join(dir, 'rm.log');
+}
+
 /** bDisable of each disable-channels control in an RM log, in order (1 = stop, 0 = enable). */
 function disableSequence(log: string): number[] {
   if (!fs.existsSync(log)) return [];
@@ -299,9 +306,7 @@ t.test("a burst during a best-effort process's swap move: the move's stopped cha
   // stopped) for about a second. Before the handover, the hold waited for the move's end, the move's
   // end enabled the channels, and the hold stopped them again: the job ran between the two, and the
   // chain counted the whole wait although the job had been stopped all along.
-  const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-policy-rm-'));
-  t.teardown(() => fs.rmSync(logDir, { recursive: true, force: true }));
-  const log = path.join(logDir, 'rm.log');
+  const log = rmLog(t);
   const { latency, best, bgpu } = await pair(t, { GVM_MEMORY_MODE: 'swap', FAKE_CUDA_COPY_US: '300000', FAKE_RM_LOG: log }, {}, 'buffers count=4 mib=8');
   await until(() => !bgpu.policy.held, 3000);
   const holds0 = bgpu.policy.holds;
@@ -320,6 +325,27 @@ t.test("a burst during a best-effort process's swap move: the move's stopped cha
   t.same(disableSequence(log).slice(before), [1, 0], "one stop (the move's), one enable (the release's): the job never ran between the move and the hold");
   const m = best.send('verify');
   t.equal(await best.line('VERIFIED', m), 'VERIFIED ok 4', 'every byte intact');
+});
+
+t.test('a move that stops compute channels only (GVM_SWAP_QUIESCE=compute) hands nothing over: the slow hold is logged with its cause', async (t) => {
+  const log = rmLog(t);
+  const { latency, best, bgpu } = await pair(t, { GVM_MEMORY_MODE: 'swap', GVM_SWAP_QUIESCE: 'compute', FAKE_CUDA_COPY_US: '300000', FAKE_RM_LOG: log }, {}, 'buffers count=4 mib=8');
+  await until(() => !bgpu.policy.held, 3000);
+  const holds0 = bgpu.policy.holds;
+  const before = disableSequence(log).length;
+  const moving = bgpu.setMemoryLimit(8 << 20);
+  t.ok(await until(() => disableSequence(log).length > before, 5000), "the move stopped the job's compute channels");
+  latency.send('hold');
+  latency.send('launch 3');
+  await moving;
+  t.ok(await until(() => bgpu.policy.holds === holds0 + 1, 5000), 'held once the move let go of the lock');
+  // its copy channels ran during the window: the hold needs all of them stopped, so it waited
+  t.ok(bgpu.policy.chain.lastUs > 200_000, `the hold waited for the move (chain ${Math.round(bgpu.policy.chain.lastUs)} us)`);
+  const said = /policy: holding GPU 0 took ([\d.]+) ms after the burst began \(wake ([\d.]+) ms, control lock ([\d.]+) ms, RM controls ([\d.]+) ms\)/.exec(best.stderr);
+  t.ok(said, 'the slow hold was logged with where its time went');
+  if (said) t.ok(Number(said[3]) > 150 && Number(said[3]) > Number(said[4]), `most of it waiting for the move's lock (${said[3]} of ${said[1]} ms)`);
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 5000), 'released after the burst');
 });
 
 t.test('gvm top shows who is held and what the policy did', async (t) => {

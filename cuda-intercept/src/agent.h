@@ -238,10 +238,14 @@ GVM_HIDDEN void gvm_launch_gate_wait(void);
       gvm_launch_gate_wait();                                                            \
   } while (0)
 
-/* the policy's own hold on a best-effort process, independent of the user's freeze (0 or an RM status);
- * *stopped_ns (if given) is when the hold took effect: earlier than the call's return when a move's
- * quiet window had already stopped the channels and handed them over */
-GVM_HIDDEN uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, uint64_t *stopped_ns);
+/* where a policy hold's time went: asked (the call), locked (control_lock taken: the mover may hold it
+ * for a whole move), stopped (the hold took effect: earlier than locked when a move's quiet window had
+ * already stopped the channels and handed them over) */
+struct gvm_hold_timing {
+  uint64_t asked_ns, locked_ns, stopped_ns;
+};
+/* the policy's own hold on a best-effort process, independent of the user's freeze (0 or an RM status) */
+GVM_HIDDEN uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, struct gvm_hold_timing *timing);
 
 /* ---- automatic policy (policy.c) ---- */
 GVM_HIDDEN extern _Atomic uint32_t gvm_policy_latency_mask; /* GPUs where this process publishes busy */

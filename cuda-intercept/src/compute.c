@@ -531,16 +531,18 @@ static uint32_t set_all_timeslices(const struct gvm_rm_target *t, int priority) 
   return 0;
 }
 
-uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, uint64_t *stopped_ns) {
+uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, struct gvm_hold_timing *timing) {
   uint32_t st = 0;
+  if (timing) timing->asked_ns = gvm_now_ns();
   if (hold && !throttle) atomic_store(&hold_asked[gpu], true);
   pthread_mutex_lock(&control_lock);
   atomic_store(&hold_asked[gpu], false);
+  if (timing) timing->locked_ns = gvm_now_ns();
   struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
   struct gvm_rm_target t;
   bool have = driver_verified() && gvm_rm_snapshot(gpu, &t) && t.nchan > 0;
   if (hold && policy_hold[gpu] == 1 && handed_ns[gpu]) { /* a move's end handed its stopped channels over */
-    if (stopped_ns) *stopped_ns = handed_ns[gpu];
+    if (timing) timing->stopped_ns = handed_ns[gpu];
     handed_ns[gpu] = 0;
     pthread_mutex_unlock(&control_lock);
     return 0;
@@ -580,7 +582,7 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, uint64_t *st
     else if (was == 2 && !(GVM_LOAD(&b->frozen) && GVM_LOAD(&b->control_mode) == GVM_CONTROL_SOFTWARE))
       soft_thaw(gpu);
   }
-  if (stopped_ns) *stopped_ns = gvm_now_ns();
+  if (timing) timing->stopped_ns = gvm_now_ns();
   pthread_mutex_unlock(&control_lock);
   return st;
 }

@@ -340,6 +340,23 @@ static void balance_memory(int gpu, const struct gvm_policy_view *v, uint64_t no
   note_event(gpu, GVM_EVENT_MEM_RETURN, 0, back);
 }
 
+/*
+ * A hold far past its usual ~1 ms leaves the latency process beside running work all that time, and
+ * the histogram cannot say why. Each new slowest one (past 20 ms) is logged with where its time went:
+ * the wake (the burst's first launch until this thread acted), the wait for control_lock (a move
+ * holds it), and the RM controls (the driver may queue them behind its own work, e.g. pinning).
+ */
+static void explain_slow_hold(int gpu, uint64_t chain_ns, uint64_t hot_since_ns, const struct gvm_hold_timing *ht) {
+  static uint64_t slowest[GVM_MAX_GPUS]; /* policy thread of that GPU only */
+  if (chain_ns < 20 * MS || chain_ns <= slowest[gpu] || !hot_since_ns) return;
+  slowest[gpu] = chain_ns;
+  double wake = ht->asked_ns > hot_since_ns ? (double)(ht->asked_ns - hot_since_ns) / 1e6 : 0;
+  double lock = (double)(ht->locked_ns - ht->asked_ns) / 1e6;
+  double rm = ht->stopped_ns > ht->locked_ns ? (double)(ht->stopped_ns - ht->locked_ns) / 1e6 : 0;
+  gvm_log(GVM_LOG_WARN, "policy: holding GPU %d took %.1f ms after the burst began (wake %.1f ms, control lock %.1f ms, "
+          "RM controls %.1f ms)", gpu, (double)chain_ns / 1e6, wake, lock, rm);
+}
+
 static void record_hold(int gpu, int32_t pid, uint64_t chain_ns) {
   struct gvm_policy_info *p = &gvm_block->gpu[gpu].policy;
   GVM_STORE(&p->held, 1u);
@@ -404,12 +421,14 @@ static void *policy_main(void *arg) {
     else if (held)
       step = GVM_STEP_RELEASE;
     if (step == GVM_STEP_HOLD) {
-      uint64_t done = 0;
-      uint32_t st = gvm_compute_policy_hold(gpu, true, gvm_config.policy_throttle, &done);
+      struct gvm_hold_timing ht = {0};
+      uint32_t st = gvm_compute_policy_hold(gpu, true, gvm_config.policy_throttle, &ht);
       if (st == 0) {
         held = true;
         held_since = gvm_now_ns();
-        record_hold(gpu, v.hot_pid, v.hot_since_ns && done > v.hot_since_ns ? done - v.hot_since_ns : 0);
+        uint64_t chain = v.hot_since_ns && ht.stopped_ns > v.hot_since_ns ? ht.stopped_ns - v.hot_since_ns : 0;
+        explain_slow_hold(gpu, chain, v.hot_since_ns, &ht);
+        record_hold(gpu, v.hot_pid, chain);
       } else {
         GVM_LOG_ONCE(GVM_LOG_WARN, "policy could not hold GPU %d (RM status %#x); retrying", gpu, st);
         wait = 100 * MS;
