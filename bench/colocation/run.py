@@ -202,6 +202,13 @@ def run_case(case, job, a, tmp):
             res["be"] = {"alone_sps": rate(steps[3][0], steps[-1][0]) if len(steps) > 5 else None}
         res["be"].update(ballast_ok=b.get("ballast_ok"), ballast_gb=b.get("ballast_gb"), last_losses=b.get("losses"))
     res["logs"] = d
+    # the agent's account of its slowest holds (wake, control lock, RM controls): the logs' folder may
+    # not survive the run, so its lines travel with the results
+    if os.path.exists(f"{d}/be.log"):
+        with open(f"{d}/be.log", errors="replace") as f:
+            slow = [line.strip() for line in f if "policy: holding GPU" in line]
+        if slow:
+            res["be_slow_holds"] = slow[-8:]
     return res
 
 
@@ -320,6 +327,8 @@ def main():
             m = r.get("be_chain_measured")
             if m and m["holds"]:
                 notes.append(f"measured phases: {m['holds']} holds, chain p50/p99 {chain_us(m['p50_us'])}/{chain_us(m['p99_us'])} us")
+        if r.get("be_slow_holds"):
+            notes.append("slowest hold: " + r["be_slow_holds"][-1].split("policy: ", 1)[-1])
         if b.get("ballast_gb"):
             notes.append(f"ballast {b['ballast_gb']:.0f} GiB {'intact' if b.get('ballast_ok') else 'CORRUPT'}")
         if s.get("grown_gb"):
