@@ -538,15 +538,15 @@ uint32_t gvm_compute_policy_hold(int gpu, bool hold, bool throttle, struct gvm_h
   pthread_mutex_lock(&control_lock);
   atomic_store(&hold_asked[gpu], false);
   if (timing) timing->locked_ns = gvm_now_ns();
-  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
-  struct gvm_rm_target t;
-  bool have = driver_verified() && gvm_rm_snapshot(gpu, &t) && t.nchan > 0;
   if (hold && policy_hold[gpu] == 1 && handed_ns[gpu]) { /* a move's end handed its stopped channels over */
     if (timing) timing->stopped_ns = handed_ns[gpu];
     handed_ns[gpu] = 0;
     pthread_mutex_unlock(&control_lock);
     return 0;
   }
+  struct gvm_gpu_block *b = &gvm_block->gpu[gpu];
+  struct gvm_rm_target t;
+  bool have = driver_verified() && gvm_rm_snapshot(gpu, &t) && t.nchan > 0;
   if (hold && !policy_hold[gpu]) {
     bool user_frozen = GVM_LOAD(&b->frozen);
     if (throttle && !have)
