@@ -9,7 +9,7 @@ import t from 'tap';
 
 import { Gvm, GvmKey, GvmProcess } from '../lib/index';
 import { AGENT, FAKE, FAKE_RM, fakeEnv, Prog, Report, start, until } from './fake-prog';
-import { blockFile, gvm, RELEASE, ROOT, tmpShm } from './helpers';
+import { blockFile, gvm, RELEASE, rmLogParams, ROOT, tmpShm } from './helpers';
 
 const BINDERS = ['direct', 'dlsym', 'procaddr'] as const;
 
@@ -322,7 +322,7 @@ t.test('compute control through the fake RM: priority, freeze and thaw with the 
   t.ok(disable, 'a disable-channels control was issued');
   t.equal(lines.filter((l) => /a06c0105/i.test(l)).length, 0, 'no TSG preempt: the RM preempts them itself');
   // the params bytes: bDisable=1, numChannels=11, bOnlyDisableScheduling=0, then client and channel lists
-  const bytes = disableParams(disable);
+  const bytes = rmLogParams(disable);
   t.equal(bytes.length, 536, 'params are the 536-byte NV2080_CTRL_FIFO_DISABLE_CHANNELS_PARAMS');
   if (bytes.length === 536) {
     t.equal(bytes[0], 1, 'bDisable');
@@ -338,7 +338,7 @@ t.test('compute control through the fake RM: priority, freeze and thaw with the 
   t.equal(g.compute.frozen, false);
   const after = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /2080110b/i.test(l));
   t.equal(after.length, 2, 'thaw re-enabled the channels');
-  const enable = disableParams(after[1]);
+  const enable = rmLogParams(after[1]);
   t.same([enable[0], enable.readUInt32LE(4), enable[8]], [0, 11, 1], 'enable: bDisable=0, 11 channels, bOnlyDisableScheduling=1');
 
   const cli = gvm(['freeze', String(ready.pid)], { GVM_SHM_DIR: shm });
@@ -358,16 +358,12 @@ t.test('GVM_RM_THAW=full: the thaw enables with bOnlyDisableScheduling=0 (the A/
   await g.freeze();
   const thawed = await g.thaw();
   t.match(thawed.message, /^thawed: 11 channels enabled in/);
-  const enables = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /2080110b/i.test(l)).map(disableParams).filter((b) => b[0] === 0);
+  const enables = fs.readFileSync(log, 'utf8').split('\n').filter((l) => /2080110b/i.test(l)).map(rmLogParams).filter((b) => b[0] === 0);
   t.equal(enables.length, 1, 'one enable');
   t.equal(enables[0]?.[8], 0, 'bOnlyDisableScheduling=0');
   await prog.line('SYNCED', prog.send('sync'));
   t.pass('the program runs on after the thaw');
 });
-
-function disableParams(line: string | undefined): Buffer {
-  return Buffer.from(/params=([0-9a-f]+)/i.exec(line ?? '')?.[1] ?? '', 'hex');
-}
 
 for (const [what, extra] of [
   ['GVM_RM_STOP=preempt', { GVM_RM_STOP: 'preempt' }],
@@ -384,7 +380,7 @@ for (const [what, extra] of [
     t.match(frozen.message, /11 channels of 4 TSGs disabled, their TSGs preempted/);
     t.equal(g.compute.mode, 'rm', 'still the RM path, not the software freeze');
     const lines = fs.readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('control'));
-    const disables = lines.filter((l) => /2080110b/i.test(l)).map((l) => ({ bytes: disableParams(l), ok: /status=0x0\b/.test(l) }));
+    const disables = lines.filter((l) => /2080110b/i.test(l)).map((l) => ({ bytes: rmLogParams(l), ok: /status=0x0\b/.test(l) }));
     const stop = disables.filter((d) => d.ok && d.bytes[0] === 1);
     t.equal(stop.length, 1, 'one successful disable');
     t.equal(stop[0]?.bytes[8], 1, 'with bOnlyDisableScheduling=1');

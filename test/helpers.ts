@@ -35,6 +35,11 @@ export function tmpShm(t: Teardown): string {
   return dir;
 }
 
+/** The params bytes of one line of the fake RM's log (FAKE_RM_LOG), e.g. a disable-channels control's. */
+export function rmLogParams(line: string | undefined): Buffer {
+  return Buffer.from(/params=([0-9a-f]+)/i.exec(line ?? '')?.[1] ?? '', 'hex');
+}
+
 /** /proc/<pid>/stat field 22, as the agent records it. */
 export function startTime(pid: number): number {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');

@@ -3,13 +3,12 @@
 // releases it; death mid-burst, exit, a user's freeze, throttle, class changes and memory lending.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
 
 import { Gvm, GvmGpu } from '../lib/index';
 import { Prog, start, until } from './fake-prog';
-import { gvm, RELEASE, tmpShm } from './helpers';
+import { gvm, RELEASE, rmLogParams, tmpShm } from './helpers';
 
 const RM_DISABLE_CHANNELS = '2080110b';
 const RM_SET_TIMESLICE = 'a06c0103';
@@ -286,9 +285,7 @@ t.test('memory: a latency allocation the GPU cannot satisfy makes a best-effort 
 
 /** A fresh path for the fake RM's log of one program (pair() shares its block directory). */
 function rmLog(t: Tap.Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gvm-policy-rm-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return path.join(dir, 'rm.log');
+  return path.join(tmpShm(t), 'rm.log');
 }
 
 /** bDisable of each disable-channels control in an RM log, in order (1 = stop, 0 = enable). */
@@ -298,7 +295,7 @@ function disableSequence(log: string): number[] {
     .readFileSync(log, 'utf8')
     .split('\n')
     .filter((l) => l.toLowerCase().includes(RM_DISABLE_CHANNELS) && l.includes('control'))
-    .map((l) => Buffer.from(/params=([0-9a-f]+)/i.exec(l)?.[1] ?? '', 'hex')[0] ?? -1);
+    .map((l) => rmLogParams(l)[0] ?? -1);
 }
 
 t.test("a burst during a best-effort process's swap move: the move's stopped channels become the hold", async (t) => {

@@ -1,7 +1,8 @@
 """bench/colocation-micro: a latency-critical process beside a GPU-saturating one, both under gvm,
 in one run: alone, default sharing, best-effort at priority 12 and 15, latency-critical at 0, and
 best-effort frozen; then the latency side's requests as one CUDA graph, alone and beside priority
-15 (how much of the interference is the launch gaps a time-sliced neighbour runs in). Prints a table; writes bench/results/colocation-micro.json (and $OUT).
+15 (how much of the interference is the launch gaps a time-sliced neighbour runs in). Prints a table;
+writes bench/results/colocation-micro.json (and $OUT).
 Usage: run.py [--seconds S]: how long the latency-critical side measures in each case (default 6:
 600 requests, so p99 is the 6th slowest; the two "alone" runs differed 2x at p99 on the H100)."""
 import argparse

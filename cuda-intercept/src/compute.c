@@ -81,12 +81,12 @@ static _Atomic int quiet[GVM_MAX_GPUS];
  * A policy hold asked for while the mover held control_lock: a move lasts tens of milliseconds (seconds
  * when cold), and its quiet window already stops every channel, so the window's end hands its stopped
  * channels to the hold instead of enabling them for the moment until the hold's own controls land.
- * quiet_stopped_ns is when the open window's stop of the channels completed (0 while none was stopped:
- * a window over no channel hands nothing over): there the hold took effect.
+ * quiet_stopped_ns is when the open window's stop of every channel completed, there the hold took
+ * effect; 0 when it stopped none, or the compute channels only (GVM_SWAP_QUIESCE=compute): nothing to hand over.
  */
 static _Atomic bool hold_asked[GVM_MAX_GPUS];
-static _Atomic uint64_t quiet_stopped_ns[GVM_MAX_GPUS];
-static uint64_t handed_ns[GVM_MAX_GPUS]; /* under control_lock: when a handed-over hold took effect */
+static uint64_t quiet_stopped_ns[GVM_MAX_GPUS]; /* under control_lock, as is handed_ns */
+static uint64_t handed_ns[GVM_MAX_GPUS];       /* when a handed-over hold took effect */
 
 /* The user froze this GPU through the RM path: its channels are disabled and stay so. */
 static bool rm_frozen(int gpu) {
@@ -443,20 +443,19 @@ bool gvm_compute_quiesce(int gpu) {
     GVM_LOG_ONCE(GVM_LOG_WARN, "cannot stop the process's channels for a move (RM status %#x)", st);
     return false;
   }
-  atomic_store(&quiet_stopped_ns[gpu], gvm_now_ns());
+  if (style == 0) quiet_stopped_ns[gpu] = gvm_now_ns(); /* only a window over every channel hands over */
   return true;
 }
 
 void gvm_compute_resume(int gpu) {
   struct gvm_rm_target t;
-  uint64_t stopped = atomic_exchange(&quiet_stopped_ns[gpu], 0);
-  /* only a window that stopped every channel (not GVM_SWAP_QUIESCE=compute) leaves what a hold needs;
-   * the hold's state goes in before the window's comes out, so new channels never see neither */
-  if (atomic_load(&hold_asked[gpu]) && !policy_hold[gpu] && quiet[gpu] && stopped) {
+  /* the hold's state goes in before the window's comes out, so new channels never see neither */
+  if (atomic_load(&hold_asked[gpu]) && !policy_hold[gpu] && quiet_stopped_ns[gpu]) {
     policy_hold[gpu] = 1;
-    handed_ns[gpu] = stopped;
+    handed_ns[gpu] = quiet_stopped_ns[gpu];
     stop_state_changed(gpu);
   }
+  quiet_stopped_ns[gpu] = 0;
   if (quiet[gpu]) set_quiet(gpu, 0);
   /* as quiesce decided: what the user's RM freeze or the policy holds stays stopped */
   bool stays_stopped = rm_frozen(gpu) || channels_held(gpu);
