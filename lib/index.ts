@@ -25,7 +25,7 @@ import {
 } from './backend/kernel';
 import { blockEntries, blockEntryFor, INIT_PID_NS, judgeBlock } from './block-files';
 import { codeForStatus, GvmError, isGvmError, statusName } from './errors';
-import { native, NativeControlBlock, NativeGpu, NativeRm } from './native';
+import { native, NativeControlBlock, NativeGpu, NativeHoldParts, NativeRm } from './native';
 import { shmDir } from './paths';
 import { machineGpuIndex, machineGpuOrder, userName } from './system';
 
@@ -79,11 +79,27 @@ export interface GvmPolicy {
   chain: { lastUs: number; maxUs: number; p50Us: number | null; p99Us: number | null };
   /** 100-us buckets of that chain; the last bucket is open-ended */
   chainHistogram: number[];
+  /** where the chains went (an agent older than control block minor 4 leaves holds at 0) */
+  chainParts: GvmChainParts;
   /** best-effort: bytes moved to the host for a more important process */
   memoryLent: number;
   /** latency: allocations that waited for lent memory */
   memoryWaits: number;
   events: GvmPolicyEvent[];
+}
+
+/**
+ * A hold chain in parts: the wake (the burst's first launch until the best-effort process's policy
+ * thread acted), the wait for its control lock (a swap move holds it), and the RM controls.
+ */
+export interface GvmChainParts {
+  holds: number;
+  wake: { meanUs: number | null; p50Us: number | null; p99Us: number | null };
+  lock: { meanUs: number | null; maxUs: number };
+  rm: { meanUs: number | null; p50Us: number | null; p99Us: number | null; maxUs: number };
+  /** 100-us buckets, as chainHistogram */
+  wakeHistogram: number[];
+  rmHistogram: number[];
 }
 
 /** A percentile (upper bucket edge, us) of a 100-us histogram; null when empty. */
@@ -96,6 +112,26 @@ export function histogramPercentile(hist: readonly number[], q: number): number 
     if (seen >= q * total) return (i + 1) * 100;
   }
   return hist.length * 100;
+}
+
+function chainPartsOf(raw: NativeHoldParts | undefined): GvmChainParts {
+  const n = raw?.holds ?? 0;
+  const mean = (sum: number): number | null => (n > 0 ? sum / n / 1e3 : null);
+  const wakeHistogram = raw?.wakeHistogram ?? [];
+  const rmHistogram = raw?.rmHistogram ?? [];
+  return {
+    holds: n,
+    wake: { meanUs: mean(raw?.wakeNsSum ?? 0), p50Us: histogramPercentile(wakeHistogram, 0.5), p99Us: histogramPercentile(wakeHistogram, 0.99) },
+    lock: { meanUs: mean(raw?.lockNsSum ?? 0), maxUs: (raw?.lockMaxNs ?? 0) / 1e3 },
+    rm: {
+      meanUs: mean(raw?.rmNsSum ?? 0),
+      p50Us: histogramPercentile(rmHistogram, 0.5),
+      p99Us: histogramPercentile(rmHistogram, 0.99),
+      maxUs: (raw?.rmMaxNs ?? 0) / 1e3,
+    },
+    wakeHistogram,
+    rmHistogram,
+  };
 }
 
 export type AgentState = 'starting' | 'ready' | 'disabled' | 'exited' | 'unknown';
@@ -301,6 +337,7 @@ export class GvmGpu {
         p99Us: histogramPercentile(raw.chainHistogram, 0.99),
       },
       chainHistogram: raw.chainHistogram,
+      chainParts: chainPartsOf(raw.holdParts),
       memoryLent: raw.memoryLent,
       memoryWaits: raw.memoryWaits,
       events: raw.events.map((e) => ({ ns: e.ns, kind: POLICY_EVENT_KINDS[e.kind] || `kind ${e.kind}`, pid: e.pid, value: e.value })),

@@ -105,7 +105,20 @@ export interface NativePolicy {
   memoryLent: number;
   memoryWaits: number;
   chainHistogram: number[];
+  /** minor 4 (zeros from an older agent) */
+  holdParts: NativeHoldParts;
   events: NativePolicyEvent[];
+}
+
+export interface NativeHoldParts {
+  holds: number;
+  wakeNsSum: number;
+  lockNsSum: number;
+  lockMaxNs: number;
+  rmNsSum: number;
+  rmMaxNs: number;
+  wakeHistogram: number[];
+  rmHistogram: number[];
 }
 
 export interface NativeCommandResult {

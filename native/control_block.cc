@@ -251,7 +251,8 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
   Napi::Value Policy(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     struct gvm_control_block* cb = Block(env);
-    const struct gvm_policy_info* p = &cb->gpu[GpuIndex(info, "ControlBlock.policy")].policy;
+    const struct gvm_gpu_block* g = &cb->gpu[GpuIndex(info, "ControlBlock.policy")];
+    const struct gvm_policy_info* p = &g->policy;
     Napi::Object o = Napi::Object::New(env);
     o.Set("class", Napi::Number::New(env, GVM_LOAD(&p->klass)));
     o.Set("held", Napi::Boolean::New(env, GVM_LOAD(&p->held) != 0));
@@ -267,6 +268,24 @@ class ControlBlock : public Napi::ObjectWrap<ControlBlock> {
     Napi::Array hist = Napi::Array::New(env, GVM_CHAIN_BUCKETS);
     for (uint32_t i = 0; i < GVM_CHAIN_BUCKETS; i++) hist.Set(i, Napi::Number::New(env, GVM_LOAD(&p->chain_hist[i])));
     o.Set("chainHistogram", hist);
+    // where the chains went (minor 4): an older agent's block leaves these at zero
+    const struct gvm_hold_parts* hp = &g->hold_parts;
+    bool parts = GVM_LOAD(&cb->version_minor) >= 4;
+    Napi::Object po = Napi::Object::New(env);
+    po.Set("holds", U64Number(env, parts ? GVM_LOAD(&hp->holds) : 0));
+    po.Set("wakeNsSum", U64Number(env, parts ? GVM_LOAD(&hp->wake_ns_sum) : 0));
+    po.Set("lockNsSum", U64Number(env, parts ? GVM_LOAD(&hp->lock_ns_sum) : 0));
+    po.Set("lockMaxNs", U64Number(env, parts ? GVM_LOAD(&hp->lock_max_ns) : 0));
+    po.Set("rmNsSum", U64Number(env, parts ? GVM_LOAD(&hp->rm_ns_sum) : 0));
+    po.Set("rmMaxNs", U64Number(env, parts ? GVM_LOAD(&hp->rm_max_ns) : 0));
+    Napi::Array wake = Napi::Array::New(env, GVM_CHAIN_BUCKETS), rm = Napi::Array::New(env, GVM_CHAIN_BUCKETS);
+    for (uint32_t i = 0; i < GVM_CHAIN_BUCKETS; i++) {
+      wake.Set(i, Napi::Number::New(env, parts ? GVM_LOAD(&hp->wake_hist[i]) : 0));
+      rm.Set(i, Napi::Number::New(env, parts ? GVM_LOAD(&hp->rm_hist[i]) : 0));
+    }
+    po.Set("wakeHistogram", wake);
+    po.Set("rmHistogram", rm);
+    o.Set("holdParts", po);
     uint32_t head = GVM_LOAD(&p->event_head);
     uint32_t n = head < GVM_POLICY_EVENTS ? head : GVM_POLICY_EVENTS;
     Napi::Array events = Napi::Array::New(env, n);

@@ -78,7 +78,7 @@ t.test('layout() matches the ABI', async (t) => {
     constants: {
       magic: 0x434d5647,
       versionMajor: 1,
-      versionMinor: 3,
+      versionMinor: 4,
       maxGpus: 16,
       maxTsgs: 32,
       maxChannels: 128,
@@ -144,7 +144,7 @@ t.test('reads every header and GPU field', async (t) => {
   t.equal(cb.path, file);
   t.same(cb.header(), {
     versionMajor: 1,
-    versionMinor: 3,
+    versionMinor: 4,
     size: 135168,
     gpuBlockSize: 8192,
     pid: 4242,

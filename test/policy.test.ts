@@ -116,6 +116,42 @@ t.test('a burst holds the best-effort process; the end of it releases the proces
   t.match(events.stdout, /busy 0 \d+\n.*idle 0 \d+/s, 'gvm get policy.events lists busy then idle');
 });
 
+t.test("a hold's chain in parts: slow RM controls show in the RM part, not the wake", async (t) => {
+  // every RM control of the best-effort process costs 30 ms here (a GSP round trip is ~0.3 ms)
+  const { shm, latency, best, bgpu } = await pair(t, { FAKE_RM_CONTROL_US: '30000' });
+  await until(() => !bgpu.policy.held, 5000);
+  const before = bgpu.policy;
+  const sum = (p: typeof before, part: 'wake' | 'lock' | 'rm'): number => (p.chainParts[part].meanUs ?? 0) * p.chainParts.holds;
+  latency.send('hold');
+  latency.send('launch 2');
+  t.ok(await until(() => bgpu.policy.holds === before.holds + 1, 5000), 'held');
+  const after = bgpu.policy;
+  t.equal(after.chainParts.holds, before.chainParts.holds + 1, 'the hold counted in parts');
+  const wake = sum(after, 'wake') - sum(before, 'wake');
+  const lock = sum(after, 'lock') - sum(before, 'lock');
+  const rm = sum(after, 'rm') - sum(before, 'rm');
+  t.ok(rm >= 60_000, `RM part: at least a disable and a preempt of 30 ms each (${Math.round(rm)} us)`);
+  t.ok(wake < rm, `the wake is not blamed for it (${Math.round(wake)} us)`);
+  t.ok(Math.abs(wake + lock + rm - after.chain.lastUs) < 1000, `the parts add up to the chain (${Math.round(wake + lock + rm)} vs ${Math.round(after.chain.lastUs)} us)`);
+  t.ok(after.chainParts.rm.maxUs >= 60_000, 'the slowest RM part is kept');
+  const said = /policy: holding GPU 0 took ([\d.]+) ms after the burst began \(wake ([\d.]+) ms, control lock ([\d.]+) ms, RM controls ([\d.]+) ms\)/.exec(best.stderr);
+  t.ok(said && Number(said[4]) >= 60, `the slow-hold log says the same (${said?.[0] ?? 'no line'})`);
+  const rmBuckets = gvm(['get', `${bgpu.process.pid}`, 'policy.chain.rm', '--json'], { GVM_SHM_DIR: shm });
+  t.equal(rmBuckets.status, 0, rmBuckets.stderr);
+  const counts = JSON.parse(rmBuckets.stdout) as Record<string, number>;
+  t.equal(Object.values(counts).reduce((a, b) => a + b, 0), after.chainParts.holds, 'gvm get policy.chain.rm: one RM part per hold');
+  t.ok((counts['3100'] ?? 0) >= 1, 'in the open top bucket (past 3.1 ms)');
+  const stat = gvm(['get', `${bgpu.process.pid}`, 'policy.stat', '--json'], { GVM_SHM_DIR: shm });
+  const st = JSON.parse(stat.stdout) as Record<string, number>;
+  t.ok(st.chain_rm_max_us! >= 60_000 && st.chain_wake_p50_us! > 0, `policy.stat shows the parts (rm max ${st.chain_rm_max_us} us, wake p50 ${st.chain_wake_p50_us} us)`);
+  latency.send('release');
+  t.ok(await until(() => !bgpu.policy.held, 5000), 'released');
+  // the release's enable costs 30 ms too: a burst beginning meanwhile would wait, so it is logged
+  t.ok(await until(() => /policy: releasing GPU 0 took [\d.]+ ms/.test(best.stderr), 3000), 'the slow release is logged');
+  const took = /policy: releasing GPU 0 took ([\d.]+) ms/.exec(best.stderr);
+  t.ok(took && Number(took[1]) >= 30, `with its time (${took?.[1]} ms)`);
+});
+
 /** CPU time (ms) of a process's thread named `comm`, from /proc (utime + stime, clock ticks of 10 ms). */
 function threadCpuMs(pid: number, comm: string): number {
   for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {

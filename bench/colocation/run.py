@@ -15,6 +15,10 @@ training job (LoRA fine-tune or UNet diffusion), every case in one run:
   gvm-auto-spin  gvm-auto with GVM_POLICY_SPIN_US=1000000: the best-effort policy thread polls the board
                  while released instead of sleeping on its futex (one CPU core for a shorter hold chain;
                  not in the default list, name it with --cases)
+  gvm-auto-onestop  gvm-auto with GVM_RM_STOP=disable: each hold stops the job's channels in one RM
+                 control (the RM preempts them itself) instead of a disable, then a preempt per compute
+                 TSG (one GSP round trip instead of two or more; not in the default list)
+  Variants combine: gvm-auto-swap-onestop is gvm-auto-swap with the one-control stop.
 
 In each two-process case both start together; once both are warm, a start file opens the server's
 idle phase (the best-effort job's "server idle" throughput), then its load phase (Poisson arrivals).
@@ -115,9 +119,12 @@ def run_case(case, job, a, tmp):
     elif case.startswith("gvm-auto"):
         srv_pre = CLI + ["run", "--class", "latency", "--"]
         be_pre = CLI + ["run", "--class", "best-effort", "--idle-ms", str(a.idle_ms)]
-        if case == "gvm-auto-spin":
+        variant = case.split("-")[2:]  # gvm-auto-swap-onestop: both
+        if "spin" in variant:
             env["GVM_POLICY_SPIN_US"] = "1000000"
-        if case == "gvm-auto-swap":
+        if "onestop" in variant:
+            env["GVM_RM_STOP"] = "disable"
+        if "swap" in variant:
             be_pre += ["--memory-mode", "swap", "--memory-limit", a.swap_limit]
             if a.prewarm_gb > 0:  # the job expects to lend the server's growth: its host memory made ahead
                 be_pre += ["--swap-prewarm", f"{a.prewarm_gb}G"]
@@ -143,7 +150,7 @@ def run_case(case, job, a, tmp):
         srv_ready = wait_file(f"{d}/srv.ready", srv, 240) if srv else None
         # the hold chains of the measured phases only: the server's start-up bursts (its graph captures,
         # the job's first holds) are counted apart
-        chain0 = gvm_get(be_ready["pid"], "policy.chain") if be and gvm and be_ready else None
+        chain0 = {k: gvm_get(be_ready["pid"], k) for k in CHAIN_KEYS} if be and gvm and be_ready else {}
         open(f"{d}/start", "w").close()
         if srv:
             wait_file(f"{d}/srv.json", srv, a.idle + a.duration + 60)
@@ -156,7 +163,8 @@ def run_case(case, job, a, tmp):
         if be and gvm and be_ready:
             res["be_policy"] = gvm_get(be_ready["pid"], "policy.stat")
             res["be_events"] = gvm_get(be_ready["pid"], "policy.events")
-            res["be_chain_measured"] = chain_diff(chain0, gvm_get(be_ready["pid"], "policy.chain"))
+            for k in CHAIN_KEYS:  # the chain, then its parts: the wake and the RM controls
+                res["be_" + k.replace("policy.", "").replace(".", "_") + "_measured"] = chain_diff(chain0.get(k), gvm_get(be_ready["pid"], k))
             res["be_memory"] = {k: gvm_get(be_ready["pid"], k) for k in ("memory.current", "memory.swap.current")}
         if be:
             stop(be)
@@ -202,11 +210,11 @@ def run_case(case, job, a, tmp):
             res["be"] = {"alone_sps": rate(steps[3][0], steps[-1][0]) if len(steps) > 5 else None}
         res["be"].update(ballast_ok=b.get("ballast_ok"), ballast_gb=b.get("ballast_gb"), last_losses=b.get("losses"))
     res["logs"] = d
-    # the agent's account of its slowest holds (wake, control lock, RM controls): the logs' folder may
+    # the agent's account of its slowest holds (wake, control lock, RM controls) and releases: the logs' folder may
     # not survive the run, so its lines travel with the results
     if os.path.exists(f"{d}/be.log"):
         with open(f"{d}/be.log", errors="replace") as f:
-            slow = [line.strip() for line in f if "policy: holding GPU" in line]
+            slow = [line.strip() for line in f if "policy: holding GPU" in line or "policy: releasing GPU" in line]
         if slow:
             res["be_slow_holds"] = slow[-8:]
     return res
@@ -237,6 +245,7 @@ def chain_us(v):
     return f">={CHAIN_OPEN_US}" if v and v > CHAIN_OPEN_US else str(v)
 
 
+CHAIN_KEYS = ("policy.chain", "policy.chain.wake", "policy.chain.rm")
 CHAIN_OPEN_US = 3100  # GVM_CHAIN_BUCKETS (32) - 1 buckets of 100 us
 
 
@@ -327,8 +336,15 @@ def main():
             m = r.get("be_chain_measured")
             if m and m["holds"]:
                 notes.append(f"measured phases: {m['holds']} holds, chain p50/p99 {chain_us(m['p50_us'])}/{chain_us(m['p99_us'])} us")
+                for part in ("wake", "rm"):
+                    pm = r.get(f"be_chain_{part}_measured")
+                    if pm and pm["holds"]:
+                        notes.append(f"{part} p50/p99 {chain_us(pm['p50_us'])}/{chain_us(pm['p99_us'])} us")
         if r.get("be_slow_holds"):
-            notes.append("slowest hold: " + r["be_slow_holds"][-1].split("policy: ", 1)[-1])
+            for kind in ("holding", "releasing"):  # the slowest of each, as the agent logs each new slowest
+                said = [line for line in r["be_slow_holds"] if f"policy: {kind} GPU" in line]
+                if said:
+                    notes.append(said[-1].split("policy: ", 1)[-1])
         if b.get("ballast_gb"):
             notes.append(f"ballast {b['ballast_gb']:.0f} GiB {'intact' if b.get('ballast_ok') else 'CORRUPT'}")
         if s.get("grown_gb"):

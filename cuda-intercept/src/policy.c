@@ -357,15 +357,47 @@ static void explain_slow_hold(int gpu, uint64_t chain_ns, uint64_t hot_since_ns,
           "RM controls %.1f ms)", gpu, (double)chain_ns / 1e6, wake, lock, rm);
 }
 
-static void record_hold(int gpu, int32_t pid, uint64_t chain_ns) {
-  struct gvm_policy_info *p = &gvm_block->gpu[gpu].policy;
+/*
+ * A release is one RM control (~0.4 ms), but the driver serialises controls behind other work of the
+ * GPU (another process's large allocation or pinning): a release stuck there delays this thread, and a
+ * burst that begins meanwhile shows the delay as its wake. Each new slowest one past 20 ms is logged.
+ */
+static void explain_slow_release(int gpu, uint64_t ns) {
+  static uint64_t slowest[GVM_MAX_GPUS]; /* policy thread of that GPU only */
+  if (ns < 20 * MS || ns <= slowest[gpu]) return;
+  slowest[gpu] = ns;
+  gvm_log(GVM_LOG_WARN, "policy: releasing GPU %d took %.1f ms (control lock and RM controls); a burst that began "
+          "meanwhile waited for it", gpu, (double)ns / 1e6);
+}
+
+static uint32_t chain_bucket(uint64_t ns) {
+  uint64_t bucket = ns / (100 * 1000);
+  return bucket >= GVM_CHAIN_BUCKETS ? GVM_CHAIN_BUCKETS - 1 : (uint32_t)bucket;
+}
+
+/* The chain and its parts. A hold handed over by a move stopped before the lock was taken: no RM part. */
+static void record_hold(int gpu, int32_t pid, uint64_t chain_ns, uint64_t hot_since_ns, const struct gvm_hold_timing *ht) {
+  struct gvm_gpu_block *gb = &gvm_block->gpu[gpu];
+  struct gvm_policy_info *p = &gb->policy;
   GVM_STORE(&p->held, 1u);
   GVM_ADD(&p->holds, 1);
   GVM_STORE(&p->chain_last_ns, chain_ns);
   if (chain_ns > GVM_LOAD(&p->chain_max_ns)) GVM_STORE(&p->chain_max_ns, chain_ns);
-  uint64_t bucket = chain_ns / (100 * 1000);
-  if (bucket >= GVM_CHAIN_BUCKETS) bucket = GVM_CHAIN_BUCKETS - 1;
-  GVM_ADD(&p->chain_hist[bucket], 1);
+  GVM_ADD(&p->chain_hist[chain_bucket(chain_ns)], 1);
+  if (chain_ns) { /* a chain of a known burst only: the parts must add up to it */
+    struct gvm_hold_parts *hp = &gb->hold_parts;
+    uint64_t wake = ht->asked_ns > hot_since_ns ? ht->asked_ns - hot_since_ns : 0;
+    uint64_t lock = ht->locked_ns - ht->asked_ns;
+    uint64_t rm = ht->stopped_ns > ht->locked_ns ? ht->stopped_ns - ht->locked_ns : 0;
+    GVM_ADD(&hp->wake_ns_sum, wake);
+    GVM_ADD(&hp->lock_ns_sum, lock);
+    GVM_ADD(&hp->rm_ns_sum, rm);
+    if (lock > GVM_LOAD(&hp->lock_max_ns)) GVM_STORE(&hp->lock_max_ns, lock);
+    if (rm > GVM_LOAD(&hp->rm_max_ns)) GVM_STORE(&hp->rm_max_ns, rm);
+    GVM_ADD(&hp->wake_hist[chain_bucket(wake)], 1);
+    GVM_ADD(&hp->rm_hist[chain_bucket(rm)], 1);
+    GVM_ADD(&hp->holds, 1);
+  }
   note_event(gpu, GVM_EVENT_HOLD, pid, chain_ns / 1000);
 }
 
@@ -428,13 +460,15 @@ static void *policy_main(void *arg) {
         held_since = gvm_now_ns();
         uint64_t chain = v.hot_since_ns && ht.stopped_ns > v.hot_since_ns ? ht.stopped_ns - v.hot_since_ns : 0;
         explain_slow_hold(gpu, chain, v.hot_since_ns, &ht);
-        record_hold(gpu, v.hot_pid, chain);
+        record_hold(gpu, v.hot_pid, chain, v.hot_since_ns, &ht);
       } else {
         GVM_LOG_ONCE(GVM_LOG_WARN, "policy could not hold GPU %d (RM status %#x); retrying", gpu, st);
         wait = 100 * MS;
       }
     } else if (step == GVM_STEP_RELEASE) {
+      uint64_t t0 = gvm_now_ns();
       gvm_compute_policy_hold(gpu, false, gvm_config.policy_throttle, NULL);
+      explain_slow_release(gpu, gvm_now_ns() - t0);
       held = false;
       uint64_t t = gvm_now_ns() - held_since;
       GVM_ADD(&gb->policy.held_ns, t);

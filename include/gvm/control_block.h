@@ -19,7 +19,7 @@
 #define GVM_SHM_DIR "/dev/shm/gvm"
 #define GVM_CB_MAGIC 0x434d5647u /* "GVMC" little-endian */
 #define GVM_CB_VERSION_MAJOR 1u
-#define GVM_CB_VERSION_MINOR 3u /* 1: per-GPU policy state; 2: backend; 3: pid_ns, owner lock */
+#define GVM_CB_VERSION_MINOR 4u /* 1: per-GPU policy state; 2: backend; 3: pid_ns, owner lock; 4: hold parts */
 
 /*
  * Blocks of processes in the initial PID namespace are named "<pid>"; a process in another PID
@@ -107,6 +107,23 @@ struct gvm_policy_info {
   uint32_t event_head;       /* events written so far */
   uint32_t reserved0;
   struct gvm_policy_event events[GVM_POLICY_EVENTS];
+};
+
+/*
+ * Where each hold's chain went (minor 4; best-effort side), so a slow chain can be put on its cause:
+ * the wake (the burst's first launch until this process's policy thread acted: the latency side's
+ * futex wake and the scheduler), the wait for control_lock (a swap move holds it), and the RM controls
+ * (disable + preempt, one GSP round trip each). Buckets as chain_hist.
+ */
+struct gvm_hold_parts {
+  uint64_t holds;          /* holds counted here (an agent of minor 3 counted none) */
+  uint64_t wake_ns_sum;
+  uint64_t lock_ns_sum;
+  uint64_t lock_max_ns;
+  uint64_t rm_ns_sum;
+  uint64_t rm_max_ns;
+  uint32_t wake_hist[GVM_CHAIN_BUCKETS];
+  uint32_t rm_hist[GVM_CHAIN_BUCKETS];
 };
 
 enum gvm_memory_mode { GVM_MEMORY_MODE_OOM = 0, GVM_MEMORY_MODE_SWAP = 1 };
@@ -210,8 +227,9 @@ struct gvm_gpu_block {
   struct gvm_channel_info channel[GVM_MAX_CHANNELS];
 
   struct gvm_policy_info policy; /* minor 1 */
+  struct gvm_hold_parts hold_parts; /* minor 4 */
 
-  uint8_t reserved[8192 - 3424 - sizeof(struct gvm_policy_info)];
+  uint8_t reserved[8192 - 3424 - sizeof(struct gvm_policy_info) - sizeof(struct gvm_hold_parts)];
 };
 
 struct gvm_control_block {
@@ -257,6 +275,8 @@ GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, channel) == 1376, "gpu.channel"
 GVM_STATIC_ASSERT(sizeof(struct gvm_policy_event) == 24, "policy event size");
 GVM_STATIC_ASSERT(sizeof(struct gvm_policy_info) == 592, "policy info size");
 GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, policy) == 3424, "gpu.policy");
+GVM_STATIC_ASSERT(sizeof(struct gvm_hold_parts) == 304, "hold parts size");
+GVM_STATIC_ASSERT(offsetof(struct gvm_gpu_block, hold_parts) == 4016, "gpu.hold_parts");
 GVM_STATIC_ASSERT(sizeof(struct gvm_gpu_block) == 8192, "gpu block size");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, cmdline) == 96, "cmdline");
 GVM_STATIC_ASSERT(offsetof(struct gvm_control_block, pid_ns) == 608, "pid_ns");

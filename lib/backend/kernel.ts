@@ -211,6 +211,7 @@ const EMPTY_RM: NativeRm = { fd: -1, client: 0, device: 0, subdevice: 0, tsgs: [
 const EMPTY_POLICY: NativePolicy = {
   class: 0, held: false, action: 0, idleMs: 0, bursts: 0, holds: 0, heldNs: 0, chainLastNs: 0, chainMaxNs: 0,
   memoryLent: 0, memoryWaits: 0, chainHistogram: [], events: [],
+  holdParts: { holds: 0, wakeNsSum: 0, lockNsSum: 0, lockMaxNs: 0, rmNsSum: 0, rmMaxNs: 0, wakeHistogram: [], rmHistogram: [] },
 };
 
 export interface KernelOpenOptions {

@@ -79,10 +79,14 @@ Keys:
   compute.freeze        1 when frozen, else 0
   policy.class          none, latency or best-effort
   policy.stat           the policy's counters: bursts, holds, held_ms, chain_last_us, chain_max_us,
-                        chain_p50_us, chain_p99_us, memory_lent, memory_waits, held
+                        chain_p50_us, chain_p99_us, memory_lent, memory_waits, held, and the
+                        chain's parts: chain_wake_*, chain_lock_*, chain_rm_* (see policy.chain.*)
   policy.events         the last 16 policy decisions, oldest first ("ms_ago kind pid value")
   policy.chain          best-effort: the hold chains (a burst's first launch to this process held)
                         by 100-us bucket, "from_us count" per non-empty bucket; the last is open
+  policy.chain.wake     the same for the wake part (the burst's first launch until this process's
+                        policy thread acted)
+  policy.chain.rm       the same for the RM part (this process's disable + preempt controls)
   kernels.submitted     kernels launched
   kernels.ended         kernels known to have finished
   kernels.pending       submitted - ended

@@ -15,6 +15,8 @@ export const GET_KEYS = [
   'policy.stat',
   'policy.events',
   'policy.chain',
+  'policy.chain.wake',
+  'policy.chain.rm',
   'gcgroup.stat',
   'kernels.submitted',
   'kernels.ended',
@@ -49,13 +51,21 @@ function policyStat(g: GvmGpu): Record<string, number> {
     chain_p99_us: p.chain.p99Us ?? 0,
     memory_lent: p.memoryLent,
     memory_waits: p.memoryWaits,
+    // the chain in parts (zero from an agent older than control block minor 4)
+    chain_wake_p50_us: p.chainParts.wake.p50Us ?? 0,
+    chain_wake_p99_us: p.chainParts.wake.p99Us ?? 0,
+    chain_lock_mean_us: Math.round(p.chainParts.lock.meanUs ?? 0),
+    chain_lock_max_us: Math.round(p.chainParts.lock.maxUs),
+    chain_rm_p50_us: p.chainParts.rm.p50Us ?? 0,
+    chain_rm_p99_us: p.chainParts.rm.p99Us ?? 0,
+    chain_rm_max_us: Math.round(p.chainParts.rm.maxUs),
   };
 }
 
-/** The hold-chain histogram's non-empty 100-us buckets, by lower edge in us (the top one is open). */
-function policyChain(g: GvmGpu): Record<string, number> {
+/** A hold-chain histogram's non-empty 100-us buckets, by lower edge in us (the top one is open). */
+function buckets(hist: readonly number[]): Record<string, number> {
   const out: Record<string, number> = {};
-  g.policy.chainHistogram.forEach((n, i) => {
+  hist.forEach((n, i) => {
     if (n > 0) out[String(i * 100)] = n;
   });
   return out;
@@ -70,7 +80,9 @@ function getValue(g: GvmGpu, key: GetKey): number | string | Record<string, numb
   if (key === 'policy.class') return g.policy.class;
   if (key === 'policy.stat') return policyStat(g);
   if (key === 'policy.events') return policyEvents(g);
-  if (key === 'policy.chain') return policyChain(g);
+  if (key === 'policy.chain') return buckets(g.policy.chainHistogram);
+  if (key === 'policy.chain.wake') return buckets(g.policy.chainParts.wakeHistogram);
+  if (key === 'policy.chain.rm') return buckets(g.policy.chainParts.rmHistogram);
   const s = g.snapshot();
   switch (key) {
     case 'memory.current':

@@ -20,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <time.h>
 
 #define API __attribute__((visibility("default")))
 
@@ -52,6 +53,7 @@ static struct {
 static uint32_t g_fail_cmds[MAX_FAIL_CMDS];
 static size_t g_fail_count;
 static int g_log_fd = -1;
+static long g_control_us; /* FAKE_RM_CONTROL_US: what each control costs, as a GSP round trip does */
 static int (*g_next_ioctl)(int, unsigned long, ...);
 static void (*_Atomic g_channel_hook)(void);
 
@@ -72,6 +74,8 @@ static void init_once(void)
         g_log_fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     const char *only = getenv("FAKE_RM_SCHEDULING_ONLY");
     g_scheduling_only = only && *only == '1';
+    const char *cost = getenv("FAKE_RM_CONTROL_US");
+    g_control_us = cost ? strtol(cost, NULL, 10) : 0;
     const char *fail = getenv("FAKE_RM_FAIL_CMD");
     while (fail && *fail && g_fail_count < MAX_FAIL_CMDS) {
         char *end;
@@ -420,6 +424,10 @@ static int handle_control(int fd, unsigned size, void *arg)
     void (*before)(unsigned, const void *, unsigned) = atomic_load(&g_before_control_hook);
     if (before)
         before(c->cmd, params, c->paramsSize);
+    if (g_control_us > 0) {
+        struct timespec ts = {g_control_us / 1000000, (g_control_us % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
     int changed = 0;
     pthread_mutex_lock(&g_lock);
     uint32_t status = do_control(c, params, &changed);
