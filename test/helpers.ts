@@ -191,3 +191,40 @@ export function startFakeAgent(
     child.on('exit', (c) => reject(new Error(`fake agent program exited ${c}`)));
   });
 }
+
+export interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** A strict parser of the Prometheus text exposition format (0.0.4): throws on any malformed line. */
+export function parseExposition(text: string): { samples: Sample[]; types: Map<string, string> } {
+  const types = new Map<string, string>();
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    let m = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
+    if (m) {
+      if (m[1] === 'TYPE') {
+        if (!['counter', 'gauge', 'histogram', 'summary', 'untyped'].includes(m[3]!)) throw new Error(`bad TYPE: ${line}`);
+        types.set(m[2]!, m[3]!);
+      }
+      continue;
+    }
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?[0-9.e+]+|NaN|[+-]Inf)$/.exec(line);
+    if (!m) throw new Error(`malformed sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    if (m[3]) {
+      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)/g;
+      let consumed = 0;
+      for (let l = re.exec(m[3]); l; l = re.exec(m[3])) {
+        labels[l[1]!] = l[2]!;
+        consumed += l[0].length;
+      }
+      if (consumed !== m[3].length) throw new Error(`malformed labels: ${line}`);
+    }
+    samples.push({ name: m[1]!, labels, value: Number(m[4]) });
+  }
+  return { samples, types };
+}

@@ -8,7 +8,8 @@ import t from 'tap';
 
 import { Gvm, GvmGpu } from '../lib/index';
 import { Prog, start, until } from './fake-prog';
-import { gvm, RELEASE, rmLogParams, tmpShm } from './helpers';
+import { createMetrics } from '../lib/daemon/metrics';
+import { gvm, parseExposition, RELEASE, rmLogParams, tmpShm } from './helpers';
 
 const RM_DISABLE_CHANNELS = '2080110b';
 const RM_SET_TIMESLICE = 'a06c0103';
@@ -118,7 +119,7 @@ t.test('a burst holds the best-effort process; the end of it releases the proces
 
 t.test("a hold's chain in parts: slow RM controls show in the RM part, not the wake", async (t) => {
   // every RM control of the best-effort process costs 30 ms here (a GSP round trip is ~0.3 ms)
-  const { shm, latency, best, bgpu } = await pair(t, { FAKE_RM_CONTROL_US: '30000' });
+  const { shm, latency, best, bgpu, lgpu } = await pair(t, { FAKE_RM_CONTROL_US: '30000' });
   await until(() => !bgpu.policy.held, 5000);
   const before = bgpu.policy;
   const sum = (p: typeof before, part: 'wake' | 'lock' | 'rm'): number => (p.chainParts[part].meanUs ?? 0) * p.chainParts.holds;
@@ -144,6 +145,22 @@ t.test("a hold's chain in parts: slow RM controls show in the RM part, not the w
   const stat = gvm(['get', `${bgpu.process.pid}`, 'policy.stat', '--json'], { GVM_SHM_DIR: shm });
   const st = JSON.parse(stat.stdout) as Record<string, number>;
   t.ok(st.chain_rm_max_us! >= 60_000 && st.chain_wake_p50_us! > 0, `policy.stat shows the parts (rm max ${st.chain_rm_max_us} us, wake p50 ${st.chain_wake_p50_us} us)`);
+  // gvmd's Prometheus metrics carry the same
+  const metrics = createMetrics({ shmDir: shm });
+  await metrics.refresh();
+  const { samples, types } = parseExposition(await metrics.registry.metrics());
+  const get = (name: string, labels: Record<string, string>): number | undefined =>
+    samples.find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v))?.value;
+  const bp = String(bgpu.process.pid);
+  t.equal(get('gvm_holds_total', { pid: bp }), after.holds, 'gvm_holds_total');
+  t.equal(get('gvm_held', { pid: bp }), 1, 'gvm_held while held');
+  t.equal(types.get('gvm_holds_total'), 'counter');
+  t.equal(get('gvm_bursts_total', { pid: String(lgpu.process.pid) }), lgpu.policy.bursts, "the latency process's bursts");
+  t.equal(get('gvm_hold_chain_seconds', { pid: bp, part: 'rm', quantile: '0.99' }), 0.0032, 'the RM part at p99: the open top bucket');
+  const wakeP50 = get('gvm_hold_chain_seconds', { pid: bp, part: 'wake', quantile: '0.5' });
+  t.ok(wakeP50 !== undefined && wakeP50 < 0.0032, `and the wake part below it (${wakeP50} s)`);
+  t.equal(get('gvm_hold_chain_seconds', { pid: String(lgpu.process.pid) }), undefined, 'no chain for the latency process');
+  metrics.registry.clear();
   latency.send('release');
   t.ok(await until(() => !bgpu.policy.held, 5000), 'released');
   // the release's enable costs 30 ms too: a burst beginning meanwhile would wait, so it is logged

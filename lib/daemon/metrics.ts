@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 
 import { Counter, Gauge, Registry } from 'prom-client';
 
-import { Gvm, GvmProcess } from '../index';
+import { Gvm, GvmProcess, histogramPercentile } from '../index';
 import type { PolicyStats } from './policy-apply';
 
 const LABELS = ['pid', 'gpu', 'user', 'command'] as const;
@@ -82,6 +82,35 @@ export function createMetrics(options: MetricsOptions = {}): GvmMetrics {
   counter('gvm_kernels_submitted_total', 'Kernels the process launched on the GPU', (p, o) => p.gpu(o).kernels.submitted);
   counter('gvm_kernels_ended_total', 'Kernels known to have finished', (p, o) => p.gpu(o).kernels.ended);
   gauge('gvm_kernels_pending', 'Kernels launched and not yet finished', (p, o) => p.gpu(o).kernels.pending);
+
+  // the automatic policy: what it did to each process (gvm top shows the same)
+  counter('gvm_bursts_total', 'Latency class: idle -> busy transitions the process published', (p, o) => p.gpu(o).policy.bursts);
+  counter('gvm_holds_total', 'Best-effort class: times the policy held the process for a busier, more important one', (p, o) => p.gpu(o).policy.holds);
+  counter('gvm_held_seconds_total', 'Best-effort class: time held (closed holds)', (p, o) => p.gpu(o).policy.heldMs / 1e3);
+  gauge('gvm_held', '1 while the policy holds the process', (p, o) => (p.gpu(o).policy.held ? 1 : 0));
+  gauge('gvm_memory_lent_bytes', 'Best-effort class in swap mode: memory moved to the host for a more important process', (p, o) => p.gpu(o).policy.memoryLent);
+  counter('gvm_memory_lend_waits_total', 'Latency class: allocations that waited for memory lent by best-effort processes', (p, o) => p.gpu(o).policy.memoryWaits);
+  new Gauge({
+    name: 'gvm_hold_chain_seconds',
+    help: "Best-effort class: from a burst's first launch to the process's work stopped (part=total), and its parts: the wake " +
+      "(until its policy thread acted) and the RM controls; quantiles over the process's life, upper edges of 100-us buckets",
+    labelNames: [...LABELS, 'part', 'quantile'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of snapshot) {
+        const pol = s.proc.gpu(s.gpu).policy;
+        if (pol.class !== 'best-effort' || pol.holds === 0) continue;
+        const parts = { total: pol.chainHistogram, wake: pol.chainParts.wakeHistogram, rm: pol.chainParts.rmHistogram };
+        for (const [part, hist] of Object.entries(parts)) {
+          for (const q of [0.5, 0.99]) {
+            const us = histogramPercentile(hist, q);
+            if (us !== null) this.set({ ...s.labels, part, quantile: String(q) }, us / 1e6);
+          }
+        }
+      }
+    },
+  });
 
   // GPU totals, summed over the processes that see each GPU
   const perGpu = (name: string, help: string, value: (p: GvmProcess, ordinal: number) => number, once = false): void => {
