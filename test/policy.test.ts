@@ -410,6 +410,6 @@ t.test('gvm top shows who is held and what the policy did', async (t) => {
   }
   t.match(screen, new RegExp(`^ +${bpid} .* held +\\[`, 'm'), 'the best-effort row is in state held');
   t.match(screen, new RegExp(`policy: .*${lpid} latency, \\d+ bursts`), 'the policy line names the latency process and its bursts');
-  t.match(screen, new RegExp(`${bpid} best-effort, \\d+ holds \\(held now\\), chain p99 \\d+ us, last: hold`), 'and the best-effort one, held now');
+  t.match(screen, new RegExp(`${bpid} best-effort, \\d+ holds \\(held now\\), chain p99 \\d+ us \\(wake \\d+, RM \\d+\\), last: hold`), 'and the best-effort one, held now');
   latency.send('release');
 });

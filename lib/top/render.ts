@@ -58,7 +58,11 @@ export function policySummary(r: Row): string {
   if (p.class === 'latency') parts.push(`${p.bursts} bursts`);
   if (p.class === 'best-effort') {
     parts.push(`${p.holds} holds${p.held ? ' (held now)' : ''}`);
-    if (p.chain.p99Us !== null) parts.push(`chain p99 ${p.chain.p99Us} us`);
+    if (p.chain.p99Us !== null) {
+      const { wake, rm } = p.chainParts;
+      const split = wake.p99Us !== null && rm.p99Us !== null ? ` (wake ${wake.p99Us}, RM ${rm.p99Us})` : '';
+      parts.push(`chain p99 ${p.chain.p99Us} us${split}`);
+    }
     if (p.memoryLent > 0) parts.push(`lent ${formatBytes(p.memoryLent)}`);
   }
   const last = p.events[p.events.length - 1];
