@@ -22,7 +22,8 @@ training job (LoRA fine-tune or UNet diffusion), every case in one run:
 
 In each two-process case both start together; once both are warm, a start file opens the server's
 idle phase (the best-effort job's "server idle" throughput), then its load phase (Poisson arrivals).
-Prints a table; writes bench/results/colocation-<job>.json and .png (latency distributions).
+Prints a table per job (--job lora|unet, or all: both in turn, the default); writes
+bench/results/colocation-<job>.json and .png (latency distributions) for each.
 """
 import argparse
 import json
@@ -266,7 +267,8 @@ def fmt(x, n=1):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--job", choices=list(JOBS), default="lora")
+    ap.add_argument("--job", choices=list(JOBS) + ["all"], default="all",
+                    help="the best-effort job; all (the default): every case beside each job in turn, a table each")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--rate", type=float, default=1.5)
     ap.add_argument("--server-args", default="", help="more options for workloads/llm_server.py, e.g. '--max-batch 32'")
@@ -298,6 +300,13 @@ def main():
     say(f"GPU {gpu_name()} {total_gib:.1f} GiB: best-effort limit {a.swap_limit}, ballast {a.ballast_gb} GiB, "
         f"server growth {a.grow_gb} GiB, job's swap pre-warm {a.prewarm_gb} GiB")
     tmp = tempfile.mkdtemp(prefix="gvm-coloc-", dir=os.environ.get("OUT") or None)
+    for job in list(JOBS) if a.job == "all" else [a.job]:
+        a.job = job
+        run_job(a, total_gib, tmp)
+
+
+def run_job(a, total_gib, tmp):
+    """Every case beside one best-effort job (a.job): prints its table, saves its JSON and plot."""
     results = []
     for case in a.cases.split(","):
         say(f"{a.job}: {case}")
