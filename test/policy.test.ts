@@ -360,6 +360,7 @@ t.test("a burst during a best-effort process's swap move: the move's stopped cha
   const { latency, best, bgpu } = await pair(t, { GVM_MEMORY_MODE: 'swap', FAKE_CUDA_COPY_US: '300000', FAKE_RM_LOG: log }, {}, 'buffers count=4 mib=8');
   await until(() => !bgpu.policy.held, 3000);
   const holds0 = bgpu.policy.holds;
+  const parts0 = bgpu.policy.chainParts;
   const before = disableSequence(log).length;
   const moving = bgpu.setMemoryLimit(8 << 20); // three of the four buffers go to the host
   t.ok(await until(() => disableSequence(log).length > before, 5000), "the move stopped the job's channels");
@@ -370,6 +371,16 @@ t.test("a burst during a best-effort process's swap move: the move's stopped cha
   t.ok(bgpu.memory.swapCurrent >= 24 << 20, `the move finished (${bgpu.memory.swapCurrent >> 20} MiB on the host)`);
   t.ok(bgpu.policy.held, 'still held after the move');
   t.ok(bgpu.policy.chain.lastUs < 200_000, `the hold counts from when the move stopped the job, not from the move's end (chain ${bgpu.policy.chain.lastUs} us; the move took ~1 s)`);
+  const parts = bgpu.policy.chainParts;
+  const gained = (part: 'wake' | 'lock' | 'rm'): number => (parts[part].meanUs ?? 0) * parts.holds - (parts0[part].meanUs ?? 0) * parts0.holds;
+  if (bgpu.policy.chain.lastUs > 0) {
+    // the hold waited for the move's lock, but its chain ended when the move stopped the job: its parts end there too
+    t.ok(Math.abs(gained('wake') + gained('lock') + gained('rm') - bgpu.policy.chain.lastUs) < 1000,
+      `the parts add up to the chain (${Math.round(gained('wake') + gained('lock') + gained('rm'))} vs ${Math.round(bgpu.policy.chain.lastUs)} us)`);
+    t.ok(gained('rm') < 1000, `no RM part: the move's stop was handed over (${Math.round(gained('rm'))} us)`);
+  } else {
+    t.equal(parts.holds, parts0.holds, 'the job was stopped before the burst began: no chain, no parts counted');
+  }
   latency.send('release');
   t.ok(await until(() => !bgpu.policy.held, 5000), 'released after the burst');
   t.same(disableSequence(log).slice(before), [1, 0], "one stop (the move's), one enable (the release's): the job never ran between the move and the hold");

@@ -386,9 +386,13 @@ static void record_hold(int gpu, int32_t pid, uint64_t chain_ns, uint64_t hot_si
   GVM_ADD(&p->chain_hist[chain_bucket(chain_ns)], 1);
   if (chain_ns) { /* a chain of a known burst only: the parts must add up to it */
     struct gvm_hold_parts *hp = &gb->hold_parts;
-    uint64_t wake = ht->asked_ns > hot_since_ns ? ht->asked_ns - hot_since_ns : 0;
-    uint64_t lock = ht->locked_ns - ht->asked_ns;
-    uint64_t rm = ht->stopped_ns > ht->locked_ns ? ht->stopped_ns - ht->locked_ns : 0;
+    /* a hold handed over by a move ended when the move stopped the channels, maybe before this thread
+     * asked or got the lock: each part is cut at that end */
+    uint64_t end = ht->stopped_ns, asked = ht->asked_ns < end ? ht->asked_ns : end;
+    uint64_t locked = ht->locked_ns < end ? ht->locked_ns : end;
+    uint64_t wake = asked > hot_since_ns ? asked - hot_since_ns : 0;
+    uint64_t lock = locked - asked;
+    uint64_t rm = end - locked;
     GVM_ADD(&hp->wake_ns_sum, wake);
     GVM_ADD(&hp->lock_ns_sum, lock);
     GVM_ADD(&hp->rm_ns_sum, rm);
