@@ -366,8 +366,8 @@ static void explain_slow_release(int gpu, uint64_t ns) {
   static uint64_t slowest[GVM_MAX_GPUS]; /* policy thread of that GPU only */
   if (ns < 20 * MS || ns <= slowest[gpu]) return;
   slowest[gpu] = ns;
-  gvm_log(GVM_LOG_WARN, "policy: releasing GPU %d took %.1f ms (control lock and RM controls); a burst that began "
-          "meanwhile waited for it", gpu, (double)ns / 1e6);
+  gvm_log(GVM_LOG_WARN, "policy: releasing GPU %d took %.1f ms (control lock and RM controls); a burst beginning "
+          "meanwhile waits for it", gpu, (double)ns / 1e6);
 }
 
 static uint32_t chain_bucket(uint64_t ns) {
