@@ -114,23 +114,19 @@ export function histogramPercentile(hist: readonly number[], q: number): number 
   return hist.length * 100;
 }
 
-function chainPartsOf(raw: NativeHoldParts | undefined): GvmChainParts {
-  const n = raw?.holds ?? 0;
-  const mean = (sum: number): number | null => (n > 0 ? sum / n / 1e3 : null);
-  const wakeHistogram = raw?.wakeHistogram ?? [];
-  const rmHistogram = raw?.rmHistogram ?? [];
+function chainPartsOf(raw: NativeHoldParts): GvmChainParts {
+  const mean = (sum: number): number | null => (raw.holds > 0 ? sum / raw.holds / 1e3 : null);
+  const pct = (hist: readonly number[]): { p50Us: number | null; p99Us: number | null } => ({
+    p50Us: histogramPercentile(hist, 0.5),
+    p99Us: histogramPercentile(hist, 0.99),
+  });
   return {
-    holds: n,
-    wake: { meanUs: mean(raw?.wakeNsSum ?? 0), p50Us: histogramPercentile(wakeHistogram, 0.5), p99Us: histogramPercentile(wakeHistogram, 0.99) },
-    lock: { meanUs: mean(raw?.lockNsSum ?? 0), maxUs: (raw?.lockMaxNs ?? 0) / 1e3 },
-    rm: {
-      meanUs: mean(raw?.rmNsSum ?? 0),
-      p50Us: histogramPercentile(rmHistogram, 0.5),
-      p99Us: histogramPercentile(rmHistogram, 0.99),
-      maxUs: (raw?.rmMaxNs ?? 0) / 1e3,
-    },
-    wakeHistogram,
-    rmHistogram,
+    holds: raw.holds,
+    wake: { meanUs: mean(raw.wakeNsSum), ...pct(raw.wakeHistogram) },
+    lock: { meanUs: mean(raw.lockNsSum), maxUs: raw.lockMaxNs / 1e3 },
+    rm: { meanUs: mean(raw.rmNsSum), ...pct(raw.rmHistogram), maxUs: raw.rmMaxNs / 1e3 },
+    wakeHistogram: raw.wakeHistogram,
+    rmHistogram: raw.rmHistogram,
   };
 }
 

@@ -341,20 +341,47 @@ static void balance_memory(int gpu, const struct gvm_policy_view *v, uint64_t no
 }
 
 /*
+ * A hold's chain (the burst's first launch to the job stopped) and its parts; 0 when the burst's start
+ * is unknown or the job was stopped before it. A hold handed over by a move ended when the move
+ * stopped the channels, maybe before this thread asked or got the lock: each part is cut at that end,
+ * so the parts add up to the chain.
+ */
+struct chain_parts {
+  uint64_t chain, wake, lock, rm;
+};
+
+static struct chain_parts chain_parts_of(uint64_t hot_since_ns, const struct gvm_hold_timing *ht) {
+  struct chain_parts c = {0};
+  uint64_t end = ht->stopped_ns;
+  if (!hot_since_ns || end <= hot_since_ns) return c;
+  uint64_t asked = ht->asked_ns < end ? ht->asked_ns : end;
+  uint64_t locked = ht->locked_ns < end ? ht->locked_ns : end;
+  c.chain = end - hot_since_ns;
+  c.wake = asked > hot_since_ns ? asked - hot_since_ns : 0;
+  c.lock = locked - asked;
+  c.rm = end - locked;
+  return c;
+}
+
+/*
  * A hold far past its usual ~1 ms leaves the latency process beside running work all that time, and
  * the histogram cannot say why. Each new slowest one (past 20 ms) is logged with where its time went:
  * the wake (the burst's first launch until this thread acted), the wait for control_lock (a move
  * holds it), and the RM controls (the driver may queue them behind its own work, e.g. pinning).
  */
-static void explain_slow_hold(int gpu, uint64_t chain_ns, uint64_t hot_since_ns, const struct gvm_hold_timing *ht) {
+/* Past 20 ms and the slowest so far: worth a log line. */
+static bool slowest_yet(uint64_t *slowest, uint64_t ns) {
+  if (ns < 20 * MS || ns <= *slowest) return false;
+  *slowest = ns;
+  return true;
+}
+
+static void explain_slow_hold(int gpu, const struct chain_parts *c) {
   static uint64_t slowest[GVM_MAX_GPUS]; /* policy thread of that GPU only */
-  if (chain_ns < 20 * MS || chain_ns <= slowest[gpu] || !hot_since_ns) return;
-  slowest[gpu] = chain_ns;
-  double wake = ht->asked_ns > hot_since_ns ? (double)(ht->asked_ns - hot_since_ns) / 1e6 : 0;
-  double lock = (double)(ht->locked_ns - ht->asked_ns) / 1e6;
-  double rm = ht->stopped_ns > ht->locked_ns ? (double)(ht->stopped_ns - ht->locked_ns) / 1e6 : 0;
+  if (!slowest_yet(&slowest[gpu], c->chain)) return;
   gvm_log(GVM_LOG_WARN, "policy: holding GPU %d took %.1f ms after the burst began (wake %.1f ms, control lock %.1f ms, "
-          "RM controls %.1f ms)", gpu, (double)chain_ns / 1e6, wake, lock, rm);
+          "RM controls %.1f ms)", gpu, (double)c->chain / 1e6, (double)c->wake / 1e6, (double)c->lock / 1e6,
+          (double)c->rm / 1e6);
 }
 
 /*
@@ -364,8 +391,7 @@ static void explain_slow_hold(int gpu, uint64_t chain_ns, uint64_t hot_since_ns,
  */
 static void explain_slow_release(int gpu, uint64_t ns) {
   static uint64_t slowest[GVM_MAX_GPUS]; /* policy thread of that GPU only */
-  if (ns < 20 * MS || ns <= slowest[gpu]) return;
-  slowest[gpu] = ns;
+  if (!slowest_yet(&slowest[gpu], ns)) return;
   gvm_log(GVM_LOG_WARN, "policy: releasing GPU %d took %.1f ms (control lock and RM controls); a burst beginning "
           "meanwhile waits for it", gpu, (double)ns / 1e6);
 }
@@ -375,34 +401,26 @@ static uint32_t chain_bucket(uint64_t ns) {
   return bucket >= GVM_CHAIN_BUCKETS ? GVM_CHAIN_BUCKETS - 1 : (uint32_t)bucket;
 }
 
-/* The chain and its parts. A hold handed over by a move stopped before the lock was taken: no RM part. */
-static void record_hold(int gpu, int32_t pid, uint64_t chain_ns, uint64_t hot_since_ns, const struct gvm_hold_timing *ht) {
+static void record_hold(int gpu, int32_t pid, const struct chain_parts *c) {
   struct gvm_gpu_block *gb = &gvm_block->gpu[gpu];
   struct gvm_policy_info *p = &gb->policy;
   GVM_STORE(&p->held, 1u);
   GVM_ADD(&p->holds, 1);
-  GVM_STORE(&p->chain_last_ns, chain_ns);
-  if (chain_ns > GVM_LOAD(&p->chain_max_ns)) GVM_STORE(&p->chain_max_ns, chain_ns);
-  GVM_ADD(&p->chain_hist[chain_bucket(chain_ns)], 1);
-  if (chain_ns) { /* a chain of a known burst only: the parts must add up to it */
+  GVM_STORE(&p->chain_last_ns, c->chain);
+  if (c->chain > GVM_LOAD(&p->chain_max_ns)) GVM_STORE(&p->chain_max_ns, c->chain);
+  GVM_ADD(&p->chain_hist[chain_bucket(c->chain)], 1);
+  if (c->chain) { /* the parts of a chain of a known burst only */
     struct gvm_hold_parts *hp = &gb->hold_parts;
-    /* a hold handed over by a move ended when the move stopped the channels, maybe before this thread
-     * asked or got the lock: each part is cut at that end */
-    uint64_t end = ht->stopped_ns, asked = ht->asked_ns < end ? ht->asked_ns : end;
-    uint64_t locked = ht->locked_ns < end ? ht->locked_ns : end;
-    uint64_t wake = asked > hot_since_ns ? asked - hot_since_ns : 0;
-    uint64_t lock = locked - asked;
-    uint64_t rm = end - locked;
-    GVM_ADD(&hp->wake_ns_sum, wake);
-    GVM_ADD(&hp->lock_ns_sum, lock);
-    GVM_ADD(&hp->rm_ns_sum, rm);
-    if (lock > GVM_LOAD(&hp->lock_max_ns)) GVM_STORE(&hp->lock_max_ns, lock);
-    if (rm > GVM_LOAD(&hp->rm_max_ns)) GVM_STORE(&hp->rm_max_ns, rm);
-    GVM_ADD(&hp->wake_hist[chain_bucket(wake)], 1);
-    GVM_ADD(&hp->rm_hist[chain_bucket(rm)], 1);
+    GVM_ADD(&hp->wake_ns_sum, c->wake);
+    GVM_ADD(&hp->lock_ns_sum, c->lock);
+    GVM_ADD(&hp->rm_ns_sum, c->rm);
+    if (c->lock > GVM_LOAD(&hp->lock_max_ns)) GVM_STORE(&hp->lock_max_ns, c->lock);
+    if (c->rm > GVM_LOAD(&hp->rm_max_ns)) GVM_STORE(&hp->rm_max_ns, c->rm);
+    GVM_ADD(&hp->wake_hist[chain_bucket(c->wake)], 1);
+    GVM_ADD(&hp->rm_hist[chain_bucket(c->rm)], 1);
     GVM_ADD(&hp->holds, 1);
   }
-  note_event(gpu, GVM_EVENT_HOLD, pid, chain_ns / 1000);
+  note_event(gpu, GVM_EVENT_HOLD, pid, c->chain / 1000);
 }
 
 static void reap_busy(int gpu) {
@@ -462,9 +480,9 @@ static void *policy_main(void *arg) {
       if (st == 0) {
         held = true;
         held_since = gvm_now_ns();
-        uint64_t chain = v.hot_since_ns && ht.stopped_ns > v.hot_since_ns ? ht.stopped_ns - v.hot_since_ns : 0;
-        explain_slow_hold(gpu, chain, v.hot_since_ns, &ht);
-        record_hold(gpu, v.hot_pid, chain, v.hot_since_ns, &ht);
+        struct chain_parts c = chain_parts_of(v.hot_since_ns, &ht);
+        explain_slow_hold(gpu, &c);
+        record_hold(gpu, v.hot_pid, &c);
       } else {
         GVM_LOG_ONCE(GVM_LOG_WARN, "policy could not hold GPU %d (RM status %#x); retrying", gpu, st);
         wait = 100 * MS;
